@@ -1,0 +1,37 @@
+# Two commands set up everything on a fresh clone:
+#   make run   - install what is missing, then train SEA on a generated catalogue on a local Ray cluster
+#   make test  - install what is missing, then run the whole test suite
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The stamp makes a second call skip pip entirely (seconds, not minutes).
+STAMP := $(VENV)/.installed-stamp
+RUN_DIR ?= runs/demo
+DATA_DIR ?= runs/data/demo
+
+.PHONY: install run test test-fast doctor clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+doctor: install
+	$(BIN)/sea-dist doctor
+
+run: install
+	$(BIN)/sea-dist doctor
+	@test -f $(DATA_DIR)/meta.json || $(BIN)/sea-dist data generate $(DATA_DIR) \
+		--users 3000 --items 2000 --interactions 60000 --modalities image:128,text:96 --seed 0
+	$(BIN)/sea-dist data inspect $(DATA_DIR)
+
+test: install
+	$(BIN)/python -m pytest
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow"
+
+clean:
+	rm -rf runs .pytest_cache

@@ -1,0 +1,86 @@
+"""The ``sea-dist`` command line.
+
+Each command group lives in its own module here and only parses arguments, then calls the
+package; user errors (:class:`~sea_dist.errors.SeaDistError`) become one line on stderr and a
+non-zero exit code.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Optional
+
+import typer
+
+from sea_dist import __version__
+from sea_dist.errors import SeaDistError
+
+app = typer.Typer(
+    name="sea-dist",
+    help="Distributed training of multimodal recommenders (SEA, SAND, MENTOR, SGFD) on Ray.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sea-dist {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Optional[bool] = typer.Option(  # noqa: UP007 - typer needs Optional on 3.10
+        None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+) -> None:
+    level = getattr(logging, log_level.upper(), None)
+    if not isinstance(level, int):
+        raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+
+
+def _register() -> None:
+    # Imported here so that each command module can use ``app`` without an import cycle.
+    import importlib
+
+    for module in _COMMAND_MODULES:
+        importlib.import_module(f"sea_dist.cli.{module}")
+
+
+_COMMAND_MODULES = ("doctor", "data", "train", "evaluate")
+
+
+_register()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code instead of raising."""
+    try:
+        app(args=argv, prog_name="sea-dist", standalone_mode=False)
+    except SeaDistError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        return exc.exit_code
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        return 130
+    except Exception as exc:  # click usage errors carry their own exit code
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return exc.exit_code
+        raise
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

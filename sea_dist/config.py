@@ -1,0 +1,260 @@
+"""Run configuration: YAML files in ``configs/`` loaded into validated pydantic models.
+
+A config file may name a parent with ``extends: base.yaml`` (resolved relative to the file);
+the child's mappings are merged into the parent's key by key. ``--set section.key=value``
+overrides are parsed as YAML scalars and validated exactly like the file, so a typo or a
+wrong type fails with the same one-line message naming the file (or the override) and the
+key path.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sea_dist.errors import ConfigError
+
+Fanout = Union[Annotated[int, Field(ge=1)], Literal["all"]]
+
+
+class _Section(BaseModel):
+    # strict: YAML already yields typed values, so "64" for an int is a mistake, not a hint.
+    model_config = ConfigDict(extra="forbid", strict=True, validate_assignment=True)
+
+
+class DataCfg(_Section):
+    """Where the interactions and item features come from."""
+
+    path: str = Field(description="a store directory, or an MMRec directory imported on the fly")
+    modalities: list[str] | None = Field(
+        default=None, description="modalities to use, in this order (default: all in the store)"
+    )
+    cache_dir: str = Field(
+        default="runs/cache", description="imported stores and kNN graphs are cached here"
+    )
+
+
+class GraphCfg(_Section):
+    """Item-item semantic graphs (spec section 1)."""
+
+    knn_k: int = Field(default=10, ge=1)
+    knn_method: Literal["auto", "exact", "ann"] = "auto"
+    # "auto" switches to approximate search above this many items.
+    knn_exact_max_items: int = Field(default=200_000, ge=1)
+    first_modality_weight: float = Field(default=0.1, ge=0.0, le=1.0)
+    item_hops: int = Field(default=1, ge=0)
+
+
+class _ModelBase(_Section):
+    embedding_dim: int = Field(default=64, ge=1)
+    num_layers: int = Field(default=2, ge=0)
+
+
+class LightGCNCfg(_ModelBase):
+    name: Literal["lightgcn"] = "lightgcn"
+    reg_weight: float = Field(default=1e-4, ge=0.0)
+
+
+class SEACfg(_ModelBase):
+    """SEA (distancing="club") and SAND (distancing="neg_l2"); spec section 2."""
+
+    name: Literal["sea", "sand"] = "sea"
+    feature_hidden: int = Field(default=256, ge=1)
+    map_dim: int | None = Field(
+        default=None, ge=2, description="map raw features to this width first (large catalogues)"
+    )
+    distancing: Literal["club", "neg_l2", "none"] = "club"
+    use_solo: bool = True
+    alpha: float = Field(default=0.012, ge=0.0)
+    tau: float = Field(default=0.2, gt=0.0)
+    ureg: float = Field(default=0.006, ge=0.0)
+    l2_weight: float = Field(default=0.006, ge=0.0, description="weight of SAND's bounded -L2")
+    mi_dim: int = Field(default=32, ge=1)
+    club_hidden: int = Field(default=8, ge=1)
+    proj_hidden: int = Field(default=64, ge=1)
+    estimator_steps: int = Field(default=50, ge=0)
+    estimator_lr: float = Field(default=1e-4, gt=0.0)
+    estimator_cross_modal: bool = Field(
+        default=False, description="reproduce the reference code's cross-modal CLUB fit"
+    )
+
+    @model_validator(mode="after")
+    def _sand_default(self) -> SEACfg:
+        if self.name == "sand" and "distancing" not in self.model_fields_set:
+            self.distancing = "neg_l2"
+        return self
+
+
+ModelCfg = Annotated[Union[LightGCNCfg, SEACfg], Field(discriminator="name")]
+MODEL_NAMES: tuple[str, ...] = ("lightgcn", "sea", "sand")
+
+
+class TrainCfg(_Section):
+    epochs: int = Field(default=1000, ge=1)
+    batch_size: int = Field(default=2048, ge=1)
+    lr: float = Field(default=1e-4, gt=0.0)
+    weight_decay: float = Field(default=0.0, ge=0.0)
+    seed: int = 999
+    patience: int = Field(default=20, ge=1)
+    mode: Literal["full", "sampled"] = "full"
+    fanouts: list[Fanout] = Field(default_factory=lambda: [10, 10])
+    num_negatives: int = Field(default=1, ge=1)
+    workers: int = Field(default=1, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_steps_per_epoch: int | None = Field(default=None, ge=1)
+
+
+class EvalCfg(_Section):
+    k: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [10, 20])
+    metric: str = "recall@20"
+    batch_users: int = Field(default=4096, ge=1)
+    every: int = Field(default=1, ge=1, description="validate every N epochs")
+
+    @model_validator(mode="after")
+    def _metric_in_k(self) -> EvalCfg:
+        match = re.fullmatch(r"(recall|ndcg|precision|hit|map)@(\d+)", self.metric)
+        if match is None:
+            raise ValueError(f"metric must look like recall@20, got {self.metric!r}")
+        if int(match.group(2)) not in self.k:
+            raise ValueError(f"metric {self.metric!r} needs {match.group(2)} in eval.k={self.k}")
+        return self
+
+
+class RunCfg(_Section):
+    data: DataCfg
+    graph: GraphCfg = Field(default_factory=GraphCfg)
+    model: ModelCfg = Field(default_factory=SEACfg)
+    train: TrainCfg = Field(default_factory=TrainCfg)
+    eval: EvalCfg = Field(default_factory=EvalCfg)
+
+    @model_validator(mode="after")
+    def _layers_match_fanouts(self) -> RunCfg:
+        if self.train.mode == "sampled" and len(self.train.fanouts) != self.model.num_layers:
+            raise ValueError(
+                f"train.fanouts has {len(self.train.fanouts)} entries but model.num_layers is "
+                f"{self.model.num_layers}"
+            )
+        return self
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-4`` as a float (YAML 1.1 wants ``1.0e-4``)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"{path}: 'extends' forms a cycle")
+    try:
+        raw = parse_yaml(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} invalid YAML: {getattr(exc, 'problem', exc)}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping, got {type(raw).__name__}")
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends: must be a file name")
+    return _merge(_read_yaml(path.parent / parent, (*seen, path)), raw)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> tuple[tuple[str, ...], Any]:
+    """``"train.lr=1e-3"`` -> ``(("train", "lr"), 0.001)``."""
+    key, sep, value = text.partition("=")
+    parts = tuple(key.strip().split("."))
+    if not sep or not all(parts):
+        raise ConfigError(f"--set {text!r}: expected section.key=value")
+    try:
+        return parts, parse_yaml(value)
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {text!r}: value is not valid YAML") from None
+
+
+def _apply_override(raw: dict[str, Any], parts: tuple[str, ...], value: Any) -> None:
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"--set {'.'.join(parts)}: {part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _error_path(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
+    # The discriminated model union puts the tag into the location: model.sea.alpha -> model.alpha.
+    parts = [str(p) for p in loc]
+    model = raw.get("model")
+    if len(parts) > 1 and parts[0] == "model" and isinstance(model, dict):
+        if parts[1] == str(model.get("name", "sea")):
+            del parts[1]
+    return ".".join(parts) if parts else "(top level)"
+
+
+def validate_config(raw: dict[str, Any], source: str, overrides: dict[str, str] | None = None) -> RunCfg:
+    """Validate a raw mapping; errors name ``source`` (or the ``--set`` that caused them)."""
+    overrides = overrides or {}
+    try:
+        return RunCfg.model_validate(raw)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = _error_path(tuple(err["loc"]), raw)
+        origin = source
+        for path, text in overrides.items():
+            if key == path or key.startswith(path + ".") or path.startswith(key + "."):
+                origin = f"--set {text}"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in err and err["type"] not in ("value_error",):
+            msg = f"{msg} (got {err['input']!r})"
+        raise ConfigError(f"{origin}: {key}: {msg}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunCfg:
+    """Load ``path`` (following ``extends``), apply ``--set`` overrides, validate."""
+    raw = _read_yaml(Path(path))
+    applied: dict[str, str] = {}
+    for text in overrides:
+        parts, value = parse_override(text)
+        _apply_override(raw, parts, value)
+        applied[".".join(parts)] = text
+    return validate_config(raw, str(path), applied)
+
+
+def dump_config(cfg: RunCfg) -> str:
+    """The resolved config as YAML; loading it back gives the same config."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
