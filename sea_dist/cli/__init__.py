@@ -63,22 +63,13 @@ _register()
 def main(argv: list[str] | None = None) -> int:
     """Console-script entry point; returns the exit code instead of raising."""
     try:
-        app(args=argv, prog_name="sea-dist", standalone_mode=False)
+        # standalone mode: click prints usage errors itself and exits with code 2.
+        app(args=argv, prog_name="sea-dist", standalone_mode=True)
     except SeaDistError as exc:
         typer.echo(f"error: {exc}", err=True)
         return exc.exit_code
-    except typer.Exit as exc:
-        return exc.exit_code
-    except typer.Abort:
-        typer.echo("aborted", err=True)
-        return 130
-    except Exception as exc:  # click usage errors carry their own exit code
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return exc.exit_code
-        raise
+    except SystemExit as exc:
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
     return 0
 
 

@@ -66,9 +66,9 @@ def doctor() -> None:
         rows.append(("gpu", ", ".join(gpus)))
     else:
         rows.append(("gpu", "none visible to torch (training runs on CPU)"))
-    rows.append(("torch threads", str(torch.get_num_threads())))
+    rows.append(("threads", f"torch uses {torch.get_num_threads()}"))
     for key, value in rows:
         typer.echo(f"{key:<14} {value}")
     if missing:
         raise SeaDistError(f"cannot import {', '.join(missing)}; run 'make install'")
-    typer.echo(f"{'dgl native':<14} {check_dgl_native()}")
+    typer.echo(f"{'dgl-native':<14} {check_dgl_native()}")
