@@ -26,6 +26,9 @@ run: install
 	@test -f $(DATA_DIR)/meta.json || $(BIN)/sea-dist data generate $(DATA_DIR) \
 		--users 3000 --items 2000 --interactions 60000 --modalities image:128,text:96 --seed 0
 	$(BIN)/sea-dist data inspect $(DATA_DIR)
+	rm -rf $(RUN_DIR)
+	$(BIN)/sea-dist train --config configs/demo.yaml --output $(RUN_DIR)
+	@cat $(RUN_DIR)/summary.md
 
 test: install
 	$(BIN)/python -m pytest

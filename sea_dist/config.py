@@ -106,6 +106,14 @@ class TrainCfg(_Section):
     workers: int = Field(default=1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps_per_epoch: int | None = Field(default=None, ge=1)
+    partition: Literal["random", "metis"] = Field(
+        default="random", description="how seed edges are assigned to workers"
+    )
+    max_failures: int = Field(default=3, ge=0, description="worker failures survived per run")
+    checkpoint_every: int = Field(default=1, ge=1, description="checkpoint every N epochs")
+    placement: Literal["PACK", "SPREAD"] = Field(
+        default="PACK", description="Ray placement of workers: SPREAD puts one per node"
+    )
 
 
 class EvalCfg(_Section):

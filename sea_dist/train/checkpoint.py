@@ -1,0 +1,51 @@
+"""Training state on disk: what a resumed or replaced worker needs to continue exactly.
+
+A checkpoint directory holds ``state.pt`` (model, optimizers, estimator optimizer, epoch,
+early-stopping state, RNG states, the best model so far) and ``config.yaml`` (the resolved
+run config), so a checkpoint is self-describing. Only rank 0 writes (nanoGPT's
+``master_process``); files are written to a temporary name and renamed.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from sea_dist.io import atomic_write_text
+
+STATE_FILE = "state.pt"
+CONFIG_FILE = "config.yaml"
+
+
+def rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_checkpoint(directory: str | Path, state: dict[str, Any], config_yaml: str) -> None:
+    """Write ``state`` and the resolved config into ``directory`` atomically."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{STATE_FILE}.tmp"
+    torch.save(state, tmp)
+    os.replace(tmp, directory / STATE_FILE)
+    atomic_write_text(directory / CONFIG_FILE, config_yaml)
+
+
+def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    return torch.load(Path(directory) / STATE_FILE, map_location=map_location)

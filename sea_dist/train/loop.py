@@ -1,0 +1,387 @@
+"""What every Ray Train worker runs: the one place that wires data, graph, model and eval.
+
+Flow (one worker of ``world_size``):
+
+    store -> user-item graph + item kNN graph -> this rank's seed edges (partition)
+      -> MiniBatchLoader -> model (dense params in DDP, ID tables synced row-sparse)
+      -> epochs: BPR steps (+ CLUB estimator steps) -> validate -> report + checkpoint
+      -> best-valid model -> test -> report.json, embeddings (rank 0)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import resource
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from sea_dist.config import RunCfg, dump_config
+from sea_dist.data.store import Store, resolve_store
+from sea_dist.eval.evaluator import EarlyStopping, Evaluator
+from sea_dist.graph.build import UserItemGraph, build_graph
+from sea_dist.graph.knn import ItemGraph, build_item_graph
+from sea_dist.graph.loader import MiniBatchLoader, full_graph_batch
+from sea_dist.graph.partition import partition_seed_edges
+from sea_dist.models.base import Recommender
+from sea_dist.models.registry import build_model
+from sea_dist.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from sea_dist.train.optim import build_optimizers, fit_estimator
+from sea_dist.train.run_files import RunFiles
+from sea_dist.train.sparse_sync import sync_sparse_grads
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainingData:
+    """Everything derived from the store that a worker needs; built the same way everywhere."""
+
+    store: Store
+    modalities: list[str]
+    graph: UserItemGraph
+    item_graph: ItemGraph | None
+    features: dict[str, np.ndarray]
+
+
+def prepare_data(cfg: RunCfg) -> TrainingData:
+    """Open (or import) the store and build the graphs; the kNN graph is cached on disk.
+
+    The driver calls this once before launching workers so that the import and the kNN
+    build happen once; workers then hit the caches.
+    """
+    store = resolve_store(cfg.data.path, cfg.data.cache_dir)
+    modalities = cfg.data.modalities or list(store.modalities)
+    unknown = [m for m in modalities if m not in store.modalities]
+    if unknown:
+        raise ValueError(f"data.modalities: {unknown} not in the store ({list(store.modalities)})")
+    users, items = store.edges(0)
+    graph = build_graph(store.num_users, store.num_items, users, items)
+    features = {m: store.features(m) for m in modalities}
+    item_graph = None
+    if modalities and cfg.graph.item_hops > 0 and cfg.model.name != "lightgcn":
+        item_graph = build_item_graph(
+            [features[m] for m in modalities],
+            first_modality_weight=cfg.graph.first_modality_weight,
+            k=cfg.graph.knn_k,
+            method=cfg.graph.knn_method,
+            exact_max_items=cfg.graph.knn_exact_max_items,
+            cache_dir=Path(cfg.data.cache_dir) / "knn",
+            cache_key=f"{store.checksum}-{'+'.join(modalities)}",
+        )
+    return TrainingData(store, modalities, graph, item_graph, features)
+
+
+def _world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _wrap_ddp(model: Recommender, device: torch.device) -> torch.nn.Module:
+    """DDP over the dense parameters only: ID tables sync row-sparse, the CLUB estimator
+    is fitted per shard and synced in :func:`fit_estimator`."""
+    _, world = _world()
+    if world == 1:
+        return model
+    ignored = {id(p) for p in model.id_tables()} | {id(p) for p in model.estimator_parameters()}
+    names = [n for n, p in model.named_parameters() if id(p) in ignored]
+    if len(names) == len(list(model.parameters())):
+        return model  # nothing dense to all-reduce (e.g. LightGCN)
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
+    return torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None
+    )
+
+
+def _all_reduce_dense_grads_bytes(model: Recommender) -> int:
+    """Bytes a ring all-reduce of the dense gradients sends per rank: 2 (n-1)/n of their size."""
+    _, world = _world()
+    if world == 1:
+        return 0
+    skip = {id(p) for p in model.id_tables()} | {id(p) for p in model.estimator_parameters()}
+    size = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skip)
+    return int(2 * (world - 1) / world * size)
+
+
+def _full_embeddings(model: Recommender, full_batch: Any) -> torch.Tensor:
+    """Final representations of every node ``[U + I, d]``, for ranking."""
+    model.eval()
+    with torch.no_grad():
+        emb = model.node_embeddings(full_batch)
+    model.train()
+    return emb
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point; ``config`` holds the resolved run config and the run directory."""
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    cfg = RunCfg.model_validate(config["cfg"])
+    files = RunFiles(Path(config["run_dir"]))
+    rank, world = _world()
+    torch.set_num_threads(int(config.get("threads", 1)))
+    device = ray.train.torch.get_device() if cfg.train.device != "cpu" else torch.device("cpu")
+    torch.manual_seed(cfg.train.seed)
+    np.random.seed(cfg.train.seed)
+
+    data = prepare_data(cfg)
+    store = data.store
+    parts = partition_seed_edges(data.graph, world, method=cfg.train.partition, seed=cfg.train.seed)
+    seed_edges = np.flatnonzero(parts.edge_parts == rank)
+    loader = MiniBatchLoader(
+        data.graph,
+        data.item_graph,
+        data.features,
+        mode=cfg.train.mode,
+        fanouts=cfg.train.fanouts,
+        num_layers=cfg.model.num_layers,
+        item_hops=cfg.graph.item_hops,
+        batch_size=cfg.train.batch_size,
+        num_negatives=cfg.train.num_negatives,
+        seed=cfg.train.seed + 7919 * rank,
+        seed_edges=seed_edges,
+        max_steps=cfg.train.max_steps_per_epoch,
+    )
+    full_batch = full_graph_batch(data.graph, data.item_graph, data.features, cfg.graph.item_hops).to(
+        device
+    )
+    evaluator = Evaluator(
+        store.num_users,
+        store.num_items,
+        train=store.edges(0),
+        splits={"valid": store.edges(1), "test": store.edges(2)},
+        ks=cfg.eval.k,
+        batch_users=cfg.eval.batch_users,
+        device=device,
+    )
+    dims = {m: int(data.features[m].shape[1]) for m in data.modalities}
+    model = build_model(cfg.model, store.num_users, store.num_items, dims).to(device)
+    # Sampled steps touch few table rows: sparse grads + SparseAdam. Full-graph steps touch
+    # every row anyway, so they keep the reference's dense Adam.
+    sparse_tables = cfg.train.mode == "sampled"
+    optimizers = build_optimizers(
+        model,
+        lr=cfg.train.lr,
+        weight_decay=cfg.train.weight_decay,
+        estimator_lr=getattr(cfg.model, "estimator_lr", None),
+        sparse_tables=sparse_tables,
+    )
+    stopper = EarlyStopping(metric=cfg.eval.metric, patience=cfg.train.patience)
+    start_epoch, best_state, wall_before = 0, None, 0.0
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as ckpt_dir:
+            state = load_checkpoint(ckpt_dir, map_location=device)
+        model.load_state_dict(state["model"])
+        for name, opt in optimizers.items():
+            if opt is not None:
+                opt.load_state_dict(state["optimizers"][name])
+        stopper.load_state_dict(state["stopper"])
+        set_rng_state(state["rng"])
+        start_epoch, best_state = state["epoch"] + 1, state["best_model"]
+        wall_before = state["wall_time_s"]
+        if rank == 0:
+            log.info("resumed from epoch %d", state["epoch"])
+
+    net = _wrap_ddp(model, device)
+    files.write_pid(rank, ray.get_runtime_context().get_node_id())
+    dense_bytes = _all_reduce_dense_grads_bytes(model)
+    tables = model.id_tables()
+    table_bytes = sum(p.numel() * p.element_size() for p in tables)
+    started = time.perf_counter()
+    for epoch in range(start_epoch, cfg.train.epochs):
+        loader.set_epoch(epoch)
+        timers = dict.fromkeys(("sample", "move", "forward_backward", "sync", "optimizer"), 0.0)
+        steps, edges, emb_bytes, loss_sum = 0, 0, 0, 0.0
+        epoch_start = time.perf_counter()
+        tick = time.perf_counter()
+        for batch in loader:
+            now = time.perf_counter()
+            timers["sample"] += now - tick
+            batch = batch.to(device, non_blocking=True)
+            tick = time.perf_counter()
+            timers["move"] += tick - now
+            for opt in optimizers.values():
+                if opt is not None:
+                    opt.zero_grad(set_to_none=True)
+            out = net(batch)
+            out["loss"].backward()
+            now = time.perf_counter()
+            timers["forward_backward"] += now - tick
+            if sparse_tables:
+                emb_bytes += sync_sparse_grads(tables)
+            elif world > 1:
+                emb_bytes += _all_reduce_dense(tables)
+            tick = time.perf_counter()
+            timers["sync"] += tick - now
+            if optimizers.get("estimator") is not None:
+                fit_estimator(model, out, optimizers["estimator"], getattr(cfg.model, "estimator_steps", 0))
+            for name, opt in optimizers.items():
+                if opt is not None and name != "estimator":
+                    opt.step()
+            now = time.perf_counter()
+            timers["optimizer"] += now - tick
+            steps += 1
+            edges += batch.batch_size
+            loss_sum += float(out["loss"])
+            tick = time.perf_counter()
+        epoch_time = time.perf_counter() - epoch_start
+        metrics: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": loss_sum / max(steps, 1),
+            "steps": steps,
+            "epoch_time_s": epoch_time,
+            "train_edges_per_s": edges / max(epoch_time, 1e-9),
+            "embedding_bytes_per_step": emb_bytes / max(steps, 1),
+            "dense_bytes_per_step": dense_bytes,
+            "embedding_table_bytes": table_bytes,
+            "peak_rss_mb": _peak_rss_mb(),
+            **{f"time_{k}_s": v for k, v in timers.items()},
+        }
+        improved = False
+        if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.train.epochs:
+            emb = _full_embeddings(model, full_batch)
+            valid = evaluator.evaluate(emb[: store.num_users], emb[store.num_users :], "valid")
+            metrics.update({f"valid/{k}": v for k, v in valid.items()})
+            improved = stopper.update(epoch, valid)
+            if improved:
+                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+        stop = stopper.should_stop or epoch + 1 == cfg.train.epochs
+        metrics["done"] = False
+        state = {
+            "model": model.state_dict(),
+            "optimizers": {n: o.state_dict() for n, o in optimizers.items() if o is not None},
+            "stopper": stopper.state_dict(),
+            "rng": rng_state(),
+            "epoch": epoch,
+            "best_model": best_state,
+            "wall_time_s": wall_before + time.perf_counter() - started,
+        }
+        if rank == 0:
+            files.append_metrics(metrics)
+        _report(metrics, state, dump_config(cfg), rank, stop or (epoch + 1) % cfg.train.checkpoint_every == 0)
+        if stop:
+            break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    emb = _full_embeddings(model, full_batch)
+    users_emb, items_emb = emb[: store.num_users], emb[store.num_users :]
+    valid = evaluator.evaluate(users_emb, items_emb, "valid")
+    test = evaluator.evaluate(users_emb, items_emb, "test")
+    wall = wall_before + time.perf_counter() - started
+    peaks = _gather_floats(_peak_rss_mb())
+    if rank == 0:
+        history = files.read_metrics()
+        report = {
+            "model": cfg.model.name,
+            "num_users": store.num_users,
+            "num_items": store.num_items,
+            "best_epoch": stopper.best_epoch,
+            "valid": valid,
+            "test": test,
+            "epochs_run": len(history),
+            "wall_time_s": wall,
+            "workers": world,
+            "mode": cfg.train.mode,
+            "train_edges_per_s": _median([h["train_edges_per_s"] for h in history]) * world,
+            "embedding_bytes_per_step": _median([h["embedding_bytes_per_step"] for h in history]),
+            "dense_bytes_per_step": dense_bytes,
+            "embedding_table_bytes": table_bytes,
+            "peak_rss_mb_per_worker": peaks,
+        }
+        files.write_results(report, cfg, model, emb)
+    ray.train.report({"done": True, "best_epoch": stopper.best_epoch, **{f"test/{k}": v for k, v in test.items()}})
+
+
+def _all_reduce_dense(tables: list[torch.nn.Parameter]) -> int:
+    """Full-graph mode: every row is touched, so a dense average is the right sync."""
+    _, world = _world()
+    sent = 0
+    for table in tables:
+        if table.grad is not None:
+            dist.all_reduce(table.grad)
+            table.grad /= world
+            sent += int(2 * (world - 1) / world * table.grad.numel() * table.grad.element_size())
+    return sent
+
+
+def _gather_floats(value: float) -> list[float]:
+    _, world = _world()
+    if world == 1:
+        return [value]
+    out = [None] * world
+    dist.all_gather_object(out, value)
+    return [float(v) for v in out]
+
+
+def _median(values: list[float]) -> float:
+    return float(np.median(values)) if values else math.nan
+
+
+def _report(metrics: dict[str, Any], state: dict[str, Any], config_yaml: str, rank: int, save: bool) -> None:
+    import ray.train
+
+    if not save:
+        ray.train.report(metrics)
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint = None
+        if rank == 0:
+            save_checkpoint(tmp, state, config_yaml)
+            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    split: str = "test",
+    ks: list[int] | None = None,
+    users_sample: int | None = None,
+    seed: int = 0,
+) -> dict[str, float]:
+    """Re-evaluate a finished run's best checkpoint (``sea-dist evaluate``)."""
+    from sea_dist.config import load_config
+    from sea_dist.errors import SeaDistError
+    from sea_dist.train.run_files import BEST
+
+    best = Path(run_dir) / BEST
+    if not (best / "state.pt").exists():
+        raise SeaDistError(f"{best}: no best checkpoint (did the run finish?)")
+    cfg = load_config(best / "config.yaml")
+    data = prepare_data(cfg)
+    store = data.store
+    dims = {m: int(data.features[m].shape[1]) for m in data.modalities}
+    model = build_model(cfg.model, store.num_users, store.num_items, dims)
+    model.load_state_dict(load_checkpoint(best)["model"])
+    full_batch = full_graph_batch(data.graph, data.item_graph, data.features, cfg.graph.item_hops)
+    evaluator = Evaluator(
+        store.num_users,
+        store.num_items,
+        train=store.edges(0),
+        splits={"valid": store.edges(1), "test": store.edges(2)},
+        ks=ks or cfg.eval.k,
+        batch_users=cfg.eval.batch_users,
+    )
+    emb = _full_embeddings(model, full_batch)
+    return evaluator.evaluate(
+        emb[: store.num_users], emb[store.num_users :], split, users_sample=users_sample, seed=seed
+    )
