@@ -156,9 +156,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         seed_edges=seed_edges,
         max_steps=cfg.train.max_steps_per_epoch,
     )
-    full_batch = full_graph_batch(data.graph, data.item_graph, data.features, cfg.graph.item_hops).to(
-        device
-    )
+    full_batch = full_graph_batch(
+        data.graph, data.item_graph, data.features, cfg.graph.item_hops, num_layers=cfg.model.num_layers
+    ).to(device)
     evaluator = Evaluator(
         store.num_users,
         store.num_items,
@@ -372,7 +372,9 @@ def evaluate_run(
     dims = {m: int(data.features[m].shape[1]) for m in data.modalities}
     model = build_model(cfg.model, store.num_users, store.num_items, dims)
     model.load_state_dict(load_checkpoint(best)["model"])
-    full_batch = full_graph_batch(data.graph, data.item_graph, data.features, cfg.graph.item_hops)
+    full_batch = full_graph_batch(
+        data.graph, data.item_graph, data.features, cfg.graph.item_hops, num_layers=cfg.model.num_layers
+    )
     evaluator = Evaluator(
         store.num_users,
         store.num_items,

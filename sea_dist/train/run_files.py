@@ -94,7 +94,7 @@ class RunFiles:
 
 
 def summary_markdown(report: dict[str, Any]) -> str:
-    keys = sorted(set(report.get("valid", {})) | set(report.get("test", {})))
+    keys = sorted(k for k in set(report.get("valid", {})) | set(report.get("test", {})) if "@" in k)
     lines = [
         f"# Run summary: {report.get('model')}",
         "",

@@ -58,6 +58,7 @@ def _absolute_paths(cfg: RunCfg) -> RunCfg:
 def _connect(address: str | None, workers: int) -> None:
     if ray.is_initialized():
         return
+    address = address or os.environ.get("RAY_ADDRESS")  # Ray sets it for a job's entrypoint
     if address:
         ray.init(address=address, log_to_driver=True)
         return
