@@ -76,6 +76,7 @@ class SEACfg(_ModelBase):
     mi_dim: int = Field(default=32, ge=1)
     club_hidden: int = Field(default=8, ge=1)
     proj_hidden: int = Field(default=64, ge=1)
+    proj_dim: int = Field(default=32, ge=1, description="output width of the SoloSim heads")
     estimator_steps: int = Field(default=50, ge=0)
     estimator_lr: float = Field(default=1e-4, gt=0.0)
     estimator_cross_modal: bool = Field(

@@ -1,0 +1,81 @@
+"""Model registry: the only place where a model config becomes a model.
+
+Each builder turns its config section into explicit constructor arguments, so models never
+look at configs. Tests parametrize over :func:`registered_models`.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from sea_dist.config import LightGCNCfg, ModelCfg, SEACfg
+from sea_dist.errors import ConfigError
+from sea_dist.models.base import Recommender
+from sea_dist.models.lightgcn import LightGCN
+from sea_dist.models.sea import SEA, SEAParams
+
+Builder = Callable[..., Recommender]
+_B = TypeVar("_B", bound=Builder)
+_BUILDERS: dict[str, Builder] = {}
+
+
+def register_model(*names: str) -> Callable[[_B], _B]:
+    """Register ``builder(cfg, num_users, num_items, feature_dims)`` under ``names``."""
+
+    def wrap(builder: _B) -> _B:
+        for name in names:
+            if name in _BUILDERS:
+                raise ValueError(f"model {name!r} is already registered")
+            _BUILDERS[name] = builder
+        return builder
+
+    return wrap
+
+
+def registered_models() -> tuple[str, ...]:
+    return tuple(_BUILDERS)
+
+
+def build_model(
+    cfg: ModelCfg, num_users: int, num_items: int, feature_dims: dict[str, int]
+) -> Recommender:
+    """Build the model named by ``cfg.name``; ``feature_dims`` maps modality -> width, in the
+    configured modality order (the first modality is the spec's "image")."""
+    builder = _BUILDERS.get(cfg.name)
+    if builder is None:
+        raise ConfigError(f"model.name: unknown model {cfg.name!r} (known: {', '.join(_BUILDERS)})")
+    return builder(cfg, num_users, num_items, feature_dims)
+
+
+@register_model("lightgcn")
+def _lightgcn(
+    cfg: LightGCNCfg, num_users: int, num_items: int, feature_dims: dict[str, int]
+) -> Recommender:
+    return LightGCN(num_users, num_items, cfg.embedding_dim, cfg.num_layers, cfg.reg_weight)
+
+
+@register_model("sea", "sand")
+def _sea(cfg: SEACfg, num_users: int, num_items: int, feature_dims: dict[str, int]) -> Recommender:
+    if len(feature_dims) < 2:
+        raise ConfigError(
+            f"model.name={cfg.name} needs at least two modalities, the data has "
+            f"{list(feature_dims) or 'none'} (see data.modalities)"
+        )
+    params = SEAParams(
+        embedding_dim=cfg.embedding_dim,
+        num_layers=cfg.num_layers,
+        feature_hidden=cfg.feature_hidden,
+        map_dim=cfg.map_dim,
+        distancing=cfg.distancing,
+        use_solo=cfg.use_solo,
+        alpha=cfg.alpha,
+        tau=cfg.tau,
+        ureg=cfg.ureg,
+        l2_weight=cfg.l2_weight,
+        mi_dim=cfg.mi_dim,
+        club_hidden=cfg.club_hidden,
+        proj_hidden=cfg.proj_hidden,
+        proj_dim=cfg.proj_dim,
+        estimator_cross_modal=cfg.estimator_cross_modal,
+    )
+    return SEA(num_users, num_items, feature_dims, params)

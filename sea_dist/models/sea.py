@@ -1,0 +1,243 @@
+"""SEA (Separate Learning) and its SAND variant."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from sea_dist.graph.batch import MiniBatch
+from sea_dist.graph.ops import propagate
+from sea_dist.losses.contrastive import solo_sim_loss
+from sea_dist.losses.mi import CLUB, neg_l2_distancing
+from sea_dist.losses.ranking import bpr_loss
+from sea_dist.models.base import Recommender, assemble_inputs, item_feature_rows, triple_scores
+from sea_dist.models.encoders import FeatureMLP, ProjectionHead, layer_sum
+
+_SHARED = "shared"  # key of the single estimator in the reference's cross-modal fit
+_CLUB_INPUTS = "_club_inputs"  # forward -> estimator_loss stash (detached projections)
+
+
+@dataclass(frozen=True)
+class SEAParams:
+    """Hyperparameters of :class:`SEA`; defaults are the reference values (spec section 2).
+
+    ``distancing`` is ``"club"`` (SEA), ``"neg_l2"`` (SAND) or ``"none"``; ``map_dim`` maps raw
+    features to that width instead of the full width; ``estimator_cross_modal`` reproduces
+    the reference code's single CLUB estimator fitted on cross-modal pairs.
+    """
+
+    embedding_dim: int = 64
+    num_layers: int = 2
+    feature_hidden: int = 256
+    map_dim: int | None = None
+    distancing: Literal["club", "neg_l2", "none"] = "club"
+    use_solo: bool = True
+    alpha: float = 0.012
+    tau: float = 0.2
+    ureg: float = 0.006
+    l2_weight: float = 0.006
+    mi_dim: int = 32
+    club_hidden: int = 8
+    proj_hidden: int = 64
+    proj_dim: int = 32
+    estimator_cross_modal: bool = False
+
+
+def split_generic_unique(mapped: Tensor) -> tuple[Tensor, Tensor]:
+    """Positional split: generic = first ``d // 2`` columns, unique = the rest.
+
+    Shapes:
+        mapped: ``[N, d]`` -> ``[N, d // 2]``, ``[N, d - d // 2]``.
+    """
+    half = mapped.shape[1] // 2
+    return mapped[:, :half], mapped[:, half:]
+
+
+class SEA(Recommender):
+    r"""SEA from "It is Never Too Late to Mend: Separate Learning for Multimedia
+    Recommendation" (https://arxiv.org/abs/2406.08270), and SAND's distancing variant.
+
+    Per modality ``m`` (in the order of ``feature_dims``; the spec's is ``[image, text]``):
+
+    .. math::
+        T_m = L_m(F_m) = [T_m^{g} \,|\, T_m^{u}], \quad
+        x_m = \mathrm{norm}\big([P_m ; W_2\,\mathrm{lrelu}(W_1 T_m)]\big), \quad
+        \hat{x}_m = \sum_{l=0}^{L} \hat{A}^l x_m
+
+    fused as :math:`u = \Vert_m\, w_{u,m} \hat{x}_m[u]`, :math:`i_0 = \Vert_m \hat{x}_m[i]`,
+    :math:`i = i_0 + S i_0`, scored by :math:`\langle u, i \rangle`. The loss is
+
+    .. math::
+        \mathcal{L} = \mathcal{L}_{BPR}^{\log_2}
+            + \frac{1}{M} \sum_m \mathcal{L}_{dist,m}
+            + \alpha \, \mathcal{L}_{solo}
+
+    with :math:`\mathcal{L}_{solo}` over the projected generic parts
+    (:func:`~sea_dist.losses.contrastive.solo_sim_loss`, all modality pairs, later modality
+    as anchor) and :math:`\mathcal{L}_{dist,m}` = ``ureg`` x CLUB(generic; unique) of modality
+    ``m`` (SEA) or ``l2_weight`` x the bounded negative L2 between them (SAND). Both split
+    losses cover ``batch.loss_items``: every item in full-graph mode (the reference), the
+    batch's unique items when sampled.
+
+    CLUB's variational networks ``q`` are estimators, not model parameters: see
+    :meth:`estimator_parameters` and :meth:`estimator_loss`. Following the paper, each
+    modality has its own ``q``, fitted on its own (generic, unique) pairs; with
+    ``estimator_cross_modal`` one shared ``q`` is fitted, as in the reference code, on
+    (generic of the later modality -> generic of the earlier) plus (unique -> unique) for every
+    modality pair, i.e. on (text, image) pairs for two modalities.
+
+    Args:
+        num_users (int): number of users U.
+        num_items (int): number of items I.
+        feature_dims (dict[str, int]): raw feature width per modality, at least two.
+        params (SEAParams, optional): hyperparameters. (default: reference values)
+
+    Shapes:
+        node_embeddings: batch -> ``[n_out, M * embedding_dim]``.
+    """
+
+    def __init__(
+        self,
+        num_users: int,
+        num_items: int,
+        feature_dims: dict[str, int],
+        params: SEAParams = SEAParams(),
+    ) -> None:
+        super().__init__()
+        if len(feature_dims) < 2:
+            raise ValueError(f"SEA needs at least two modalities, got {list(feature_dims)}")
+        widths = {m: params.map_dim or d for m, d in feature_dims.items()}
+        narrow = [m for m, w in widths.items() if w < 2]
+        if narrow:
+            raise ValueError(f"modalities {narrow} are narrower than 2 columns; cannot split them")
+        self.num_users, self.num_items, self.params = num_users, num_items, params
+        self.modalities = list(feature_dims)
+        d, num_mod = params.embedding_dim, len(feature_dims)
+        self.user_tables = nn.ParameterDict(
+            {m: nn.Parameter(torch.empty(num_users, d)) for m in self.modalities}
+        )
+        self.user_weight = nn.Parameter(torch.empty(num_users, num_mod))  # w_u, [U, M]
+        # Per modality: full-width map L_m, feature MLP, and the split losses' projections.
+        self.maps, self.encoders, self.heads = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
+        self.to_generic, self.to_unique = nn.ModuleDict(), nn.ModuleDict()
+        for m, w in widths.items():
+            self.maps[m] = nn.Linear(feature_dims[m], w)
+            self.encoders[m] = FeatureMLP(w, params.feature_hidden, d)
+            if params.use_solo:
+                self.heads[m] = ProjectionHead(w // 2, params.proj_hidden, params.proj_dim)
+            if params.distancing != "none":
+                self.to_generic[m] = nn.Linear(w // 2, params.mi_dim)
+                self.to_unique[m] = nn.Linear(w - w // 2, params.mi_dim)
+        self.estimators = nn.ModuleDict()
+        if params.distancing == "club":
+            names = [_SHARED] if params.estimator_cross_modal else self.modalities
+            self.estimators.update(
+                {n: CLUB(params.mi_dim, params.mi_dim, params.club_hidden) for n in names}
+            )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            for table in self.user_tables.values():
+                nn.init.xavier_normal_(table)
+            # Softmax once at init; training then moves the weights freely (no softmax after).
+            logits = nn.init.xavier_normal_(torch.empty_like(self.user_weight))
+            self.user_weight.copy_(F.softmax(logits, dim=1))
+        groups = (self.maps, self.encoders, self.heads, self.to_generic, self.to_unique)
+        for group in (*groups, self.estimators):
+            for module in group.values():
+                module.reset_parameters()
+
+    def estimator_parameters(self) -> list[nn.Parameter]:
+        return list(self.estimators.parameters())
+
+    def id_tables(self) -> list[nn.Parameter]:
+        return [*self.user_tables.values(), self.user_weight]
+
+    def _encode(self, batch: MiniBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """Fused output-node representations and each modality's mapped input-item features."""
+        if len(batch.blocks) != self.params.num_layers:
+            raise ValueError(
+                f"batch has {len(batch.blocks)} blocks, model has {self.params.num_layers} layers"
+            )
+        user_ids = batch.input_nodes[~batch.input_is_item]
+        mapped, inputs = {}, []
+        for m in self.modalities:
+            lin = self.maps[m]
+            mapped[m] = lin(batch.item_features[m].to(lin.weight.dtype))  # [I_in, w_m]
+            x = assemble_inputs(batch, self.user_tables[m][user_ids], self.encoders[m](mapped[m]))
+            inputs.append(F.normalize(x, dim=1))
+        # Propagation is linear and column-wise, so one pass over [x_1 | ... | x_M] equals M
+        # per-modality passes (spec: each modality has its own parameter-free GCN).
+        xh = layer_sum(batch.blocks, torch.cat(inputs, dim=1))  # [n_out, M * d]
+        n_out, num_mod = xh.shape[0], len(self.modalities)
+        user_pos = torch.nonzero(batch.output_nodes < self.num_users, as_tuple=True)[0]
+        scale = xh.new_ones(n_out, num_mod).index_copy(
+            0, user_pos, self.user_weight[batch.output_nodes[user_pos]]
+        )  # users: w_u, items: 1
+        emb = (xh.view(n_out, num_mod, -1) * scale.unsqueeze(2)).view(n_out, -1)
+        if batch.item_graph is not None:
+            # i = i0 + S i0; the item graph has no edges into user rows, so users are unchanged.
+            emb = emb + propagate(batch.item_graph, emb)
+        return emb, mapped
+
+    def node_embeddings(self, batch: MiniBatch) -> Tensor:
+        return self._encode(batch)[0]
+
+    def forward(self, batch: MiniBatch) -> dict[str, Any]:
+        emb, mapped = self._encode(batch)
+        pos, neg = triple_scores(emb, batch)
+        bpr = bpr_loss(pos, neg, log2=True)
+        loss, out = bpr, {"bpr": bpr.detach()}
+
+        rows = item_feature_rows(batch, batch.loss_items)
+        parts = {m: split_generic_unique(mapped[m][rows]) for m in self.modalities}
+        # Batch norm needs two rows; a one-item batch has no negatives for InfoNCE anyway.
+        if self.heads and len(rows) >= 2:
+            views = [self.heads[m](parts[m][0]) for m in self.modalities]  # M x [N, proj_dim]
+            solo = solo_sim_loss(views, self.params.tau)
+            loss = loss + self.params.alpha * solo
+            out["solo"] = solo.detach()
+        if self.to_generic:
+            generic = {m: self.to_generic[m](parts[m][0]) for m in self.modalities}  # [N, mi_dim]
+            unique = {m: self.to_unique[m](parts[m][1]) for m in self.modalities}
+            if self.estimators:
+                terms = [self._estimator(m)(generic[m], unique[m]) for m in self.modalities]
+                weight = self.params.ureg
+                out[_CLUB_INPUTS] = {
+                    m: (generic[m].detach(), unique[m].detach()) for m in self.modalities
+                }
+            else:
+                terms = [neg_l2_distancing(generic[m], unique[m]) for m in self.modalities]
+                weight = self.params.l2_weight
+            dist = torch.stack(terms).mean()
+            loss = loss + weight * dist
+            out["dist"] = dist.detach()
+        out["loss"] = loss
+        return out
+
+    def _estimator(self, modality: str) -> CLUB:
+        key = _SHARED if self.params.estimator_cross_modal else modality
+        estimator: CLUB = self.estimators[key]
+        return estimator
+
+    def estimator_loss(self, out: dict[str, Any]) -> Tensor | None:
+        pairs: dict[str, tuple[Tensor, Tensor]] | None = out.get(_CLUB_INPUTS)
+        if pairs is None:
+            return None
+        if not self.params.estimator_cross_modal:
+            return torch.stack(
+                [self._estimator(m).learning_loss(*pairs[m]) for m in self.modalities]
+            ).sum()
+        q, mods = self.estimators[_SHARED], self.modalities
+        terms = [
+            q.learning_loss(pairs[mods[j]][k], pairs[mods[i]][k])
+            for i in range(len(mods))
+            for j in range(i + 1, len(mods))
+            for k in (0, 1)  # generic -> generic, unique -> unique
+        ]
+        return torch.stack(terms).sum()

@@ -1,0 +1,56 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from sea_dist.losses.contrastive import info_nce, solo_sim_loss
+
+
+def test_info_nce_hand_computed() -> None:
+    eye = torch.eye(2)  # cosine 1 with itself, 0 with the other row
+    expected = -math.log(math.e / (math.e + 1))
+    assert float(info_nce(eye, eye, tau=1.0)) == pytest.approx(expected, rel=1e-6)
+
+
+def test_info_nce_is_lower_for_aligned_than_shuffled_pairs() -> None:
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(64, 32, generator=gen)
+    aligned = z + 0.1 * torch.randn(64, 32, generator=gen)
+    shuffled = aligned[torch.randperm(64, generator=gen)]
+    low, high = float(info_nce(z, aligned, 0.2)), float(info_nce(z, shuffled, 0.2))
+    # Aligned: the positive dominates; shuffled: about log N, the loss of a uniform guess.
+    assert low < 1.0
+    assert high > math.log(64) - 0.5
+
+
+def test_solo_sim_two_views_is_text_anchored_info_nce() -> None:
+    gen = torch.Generator().manual_seed(1)
+    image = F.normalize(torch.randn(20, 8, generator=gen), dim=1)
+    text = F.normalize(image + torch.randn(20, 8, generator=gen), dim=1)
+    loss = solo_sim_loss([image, text], tau=0.2)
+    assert float(loss) == pytest.approx(float(info_nce(text, image, 0.2)), rel=1e-6)
+    # The direction matters: it is not the image-anchored loss.
+    assert float(loss) != pytest.approx(float(info_nce(image, text, 0.2)), rel=1e-3)
+
+
+def test_solo_sim_three_views_averages_all_pairs() -> None:
+    gen = torch.Generator().manual_seed(2)
+    a, b, c = (torch.randn(10, 4, generator=gen) for _ in range(3))
+    expected = (info_nce(b, a, 0.5) + info_nce(c, a, 0.5) + info_nce(c, b, 0.5)) / 3
+    assert float(solo_sim_loss([a, b, c], 0.5)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_solo_sim_lower_for_aligned_views() -> None:
+    gen = torch.Generator().manual_seed(3)
+    image = torch.randn(32, 16, generator=gen)
+    text = image + 0.05 * torch.randn(32, 16, generator=gen)
+    shuffled = text[torch.randperm(32, generator=gen)]
+    assert float(solo_sim_loss([image, text], 0.2)) < float(solo_sim_loss([image, shuffled], 0.2))
+
+
+def test_bad_inputs() -> None:
+    with pytest.raises(ValueError):
+        solo_sim_loss([torch.randn(4, 2)], 0.2)
+    with pytest.raises(ValueError):
+        info_nce(torch.randn(4, 2), torch.randn(3, 2), 0.2)
