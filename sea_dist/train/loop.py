@@ -262,6 +262,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if improved:
                 best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         stop = stopper.should_stop or epoch + 1 == cfg.train.epochs
+        metrics["elapsed_s"] = wall_before + time.perf_counter() - started  # time-to-accuracy
         metrics["done"] = False
         state = {
             "model": model.state_dict(),

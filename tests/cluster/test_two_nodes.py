@@ -1,39 +1,10 @@
 """A head node and a worker node started with ``ray start`` on 127.0.0.1, one worker per node."""
 
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.train.conftest import run_train
-
-RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def two_node_cluster(tmp_path: Path):
-    port = _free_port()
-    common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "1", "--disable-usage-stats"]
-    subprocess.run(
-        [RAY, "start", "--head", "--port", str(port), "--include-dashboard", "false", *common],
-        check=True, capture_output=True, timeout=120,
-    )
-    try:
-        subprocess.run(
-            [RAY, "start", "--address", f"127.0.0.1:{port}", *common],
-            check=True, capture_output=True, timeout=120,
-        )
-        yield f"127.0.0.1:{port}"
-    finally:
-        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
 
 
 @pytest.mark.slow
