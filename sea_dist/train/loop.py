@@ -141,7 +141,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     data = prepare_data(cfg)
     store = data.store
     parts = partition_seed_edges(data.graph, world, method=cfg.train.partition, seed=cfg.train.seed)
-    seed_edges = np.flatnonzero(parts.edge_parts == rank)
     loader = MiniBatchLoader(
         data.graph,
         data.item_graph,
@@ -153,8 +152,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         batch_size=cfg.train.batch_size,
         num_negatives=cfg.train.num_negatives,
         seed=cfg.train.seed + 7919 * rank,
-        seed_edges=seed_edges,
+        seed_edges=parts.seed_edges(rank),
         max_steps=cfg.train.max_steps_per_epoch,
+        # DDP collectives must line up: every rank takes as many steps as the largest part.
+        steps_per_epoch=math.ceil(parts.max_part_edges / cfg.train.batch_size) if world > 1 else None,
     )
     full_batch = full_graph_batch(
         data.graph, data.item_graph, data.features, cfg.graph.item_hops, num_layers=cfg.model.num_layers
