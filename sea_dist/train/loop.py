@@ -89,29 +89,30 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def _dense_parameters(model: Recommender) -> list[torch.nn.Parameter]:
+    """What DDP all-reduces: everything but the row-sparse ID tables and the CLUB estimator."""
+    skip = {id(p) for p in model.id_tables()} | {id(p) for p in model.estimator_parameters()}
+    return [p for p in model.parameters() if id(p) not in skip]
+
+
 def _wrap_ddp(model: Recommender, device: torch.device) -> torch.nn.Module:
     """DDP over the dense parameters only: ID tables sync row-sparse, the CLUB estimator
     is fitted per shard and synced in :func:`fit_estimator`."""
     _, world = _world()
-    if world == 1:
-        return model
-    ignored = {id(p) for p in model.id_tables()} | {id(p) for p in model.estimator_parameters()}
-    names = [n for n, p in model.named_parameters() if id(p) in ignored]
-    if len(names) == len(list(model.parameters())):
-        return model  # nothing dense to all-reduce (e.g. LightGCN)
-    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, names)
+    dense = {id(p) for p in _dense_parameters(model)}
+    if world == 1 or not dense:
+        return model  # nothing to all-reduce densely (one worker, or e.g. LightGCN)
+    ignored = [n for n, p in model.named_parameters() if id(p) not in dense]
+    torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
     return torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None
     )
 
 
-def _all_reduce_dense_grads_bytes(model: Recommender) -> int:
+def _dense_bytes_per_step(model: Recommender) -> int:
     """Bytes a ring all-reduce of the dense gradients sends per rank: 2 (n-1)/n of their size."""
     _, world = _world()
-    if world == 1:
-        return 0
-    skip = {id(p) for p in model.id_tables()} | {id(p) for p in model.estimator_parameters()}
-    size = sum(p.numel() * p.element_size() for p in model.parameters() if id(p) not in skip)
+    size = sum(p.numel() * p.element_size() for p in _dense_parameters(model))
     return int(2 * (world - 1) / world * size)
 
 
@@ -201,7 +202,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     net = _wrap_ddp(model, device)
     files.write_pid(rank, ray.get_runtime_context().get_node_id())
-    dense_bytes = _all_reduce_dense_grads_bytes(model)
+    dense_bytes = _dense_bytes_per_step(model)
     tables = model.id_tables()
     table_bytes = sum(p.numel() * p.element_size() for p in tables)
     started = time.perf_counter()
