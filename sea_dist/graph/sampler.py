@@ -1,0 +1,218 @@
+"""Seed edges -> sampled MiniBatch: negatives, item-graph hop, L-hop neighbourhood blocks.
+
+A sampled batch is built in named stages (:func:`sample_batch` runs them in order):
+
+1. :func:`sample_negatives`: uniform over the items a user has NOT seen in training, exactly.
+2. :func:`output_nodes_for`: batch users, positive and negative items, and the item-graph
+   neighbours of those items (so the item hop ``i = i0 + S^h i0`` is exact for batch items).
+3. :class:`BlockSampler`: DGL neighbour sampling over the user-item graph from the output
+   nodes, per-layer fanouts, converted into plain-torch :class:`Block` s whose weights make
+   ``propagate`` an unbiased estimate of ``A_hat h``.
+
+Unbiasedness: DGL samples ``n_i = min(fanout, d_i)`` of node i's ``d_i`` neighbours uniformly
+without replacement, so each neighbour is kept with probability ``n_i / d_i``. Weighting a kept
+edge by ``A_hat[i, j] * d_i / n_i`` makes ``E[sum_j w_ij h_j] = sum_j A_hat[i, j] h_j``. Layers
+sample independently and propagation is linear, so the multi-layer sum and the (deterministic)
+item hop on top stay unbiased. With fanout ``"all"`` the factor is exactly 1 and every block is
+the exact restriction of ``A_hat`` to its rows.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Union
+
+import dgl
+import numpy as np
+import torch
+
+from sea_dist.errors import DataError
+from sea_dist.graph.batch import Block, MiniBatch
+from sea_dist.graph.build import UserItemGraph
+from sea_dist.graph.knn import ItemGraph
+
+Fanout = Union[int, str]
+
+
+def check_negatives_exist(graph: UserItemGraph) -> None:
+    """Raise if some user has seen every item in training: BPR has no negative for it."""
+    full = np.flatnonzero(graph.degrees[: graph.num_users] >= graph.num_items)
+    if len(full):
+        raise DataError(
+            f"user {full[0]} interacted with all {graph.num_items} items in training; "
+            "BPR needs an unseen item per user"
+        )
+
+
+def sample_negatives(
+    graph: UserItemGraph, users: np.ndarray, num_negatives: int, rng: np.random.Generator
+) -> np.ndarray:
+    """Draw items uniformly from each user's unseen items, exactly, with no rejection loop.
+
+    With ``s_0 < s_1 < ...`` the user's sorted seen items, ``s_j - j`` counts the unseen items
+    below ``s_j`` and is non-decreasing. Drawing ``r`` uniformly in ``[0, I - d_u)`` and
+    returning ``r + #{j : s_j - j <= r}`` maps ``r`` to the ``r``-th unseen item, a bijection,
+    so every unseen item is equally likely whatever the user's degree (also for a user who has
+    seen all but one item). The count is a binary search inside the user's neighbour list,
+    vectorised over the batch.
+
+    Args:
+        graph: the training graph (its user rows are the seen lists).
+        users: ``[B]`` user ids.
+        num_negatives: draws per user (independent, with replacement).
+        rng: source of randomness.
+
+    Returns:
+        ``[B, num_negatives]`` int64 item ids (0-based).
+    """
+    users = np.repeat(np.asarray(users, dtype=np.int64), num_negatives)
+    start, end = graph.indptr[users], graph.indptr[users + 1]
+    unseen = graph.num_items - (end - start)
+    r = (rng.random(len(users)) * unseen).astype(np.int64)
+    # Binary search for the first j in [start, end) whose seen item has more than r unseen
+    # items below it: s_j - (j - start) > r.
+    lo, hi = start.copy(), end.copy()
+    while True:
+        active = lo < hi
+        if not active.any():
+            break
+        mid = (lo + hi) // 2
+        seen = graph.indices[np.where(active, mid, 0)] - graph.num_users
+        below = seen - (mid - start) <= r
+        lo = np.where(active & below, mid + 1, lo)
+        hi = np.where(active & ~below, mid, hi)
+    return (r + (lo - start)).reshape(-1, num_negatives)
+
+
+def _csr_rows(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``indices`` of the entries of ``rows``, and the row index of each."""
+    starts, lens = indptr[rows], indptr[rows + 1] - indptr[rows]
+    row_of = np.repeat(np.arange(len(rows)), lens)
+    first = np.repeat(starts - np.cumsum(lens) + lens, lens)
+    return first + np.arange(len(row_of)), row_of
+
+
+def output_nodes_for(
+    num_users: int,
+    users: np.ndarray,
+    pos_items: np.ndarray,
+    neg_items: np.ndarray,
+    item_hop: ItemGraph | None,
+) -> tuple[np.ndarray, Block | None]:
+    """Output nodes of a batch (sorted global ids) and the item-hop block over them.
+
+    Args:
+        num_users: U.
+        users: ``[B]`` user ids.
+        pos_items: ``[B]`` item ids (0-based).
+        neg_items: ``[B, n]`` item ids (0-based).
+        item_hop: ``S^hops``, or ``None`` for no item hop.
+
+    Returns:
+        ``output_nodes`` and a :class:`Block` with ``num_dst = len(output_nodes)`` whose edges go
+        only into the batch items' rows (or ``None``).
+    """
+    batch_items = np.unique(np.concatenate([pos_items, neg_items.reshape(-1)]))
+    ids = [users, batch_items + num_users]
+    if item_hop is not None:
+        where, row_of = _csr_rows(item_hop.indptr, batch_items)
+        nbr_ids = item_hop.indices[where] + num_users
+        ids.append(nbr_ids)
+    output = np.unique(np.concatenate(ids))
+    if item_hop is None:
+        return output, None
+    dst = np.searchsorted(output, batch_items[row_of] + num_users)
+    src = np.searchsorted(output, nbr_ids)
+    block = Block.from_edges(
+        torch.from_numpy(output),
+        len(output),
+        torch.from_numpy(src),
+        torch.from_numpy(dst),
+        torch.from_numpy(item_hop.weights[where]),
+    )
+    return output, block
+
+
+def check_fanouts(fanouts: Sequence[Fanout]) -> None:
+    """Raise unless every fanout is a positive int or ``"all"``."""
+    for f in fanouts:
+        if f != "all" and not (isinstance(f, int) and not isinstance(f, bool) and f >= 1):
+            raise ValueError(f"fanouts must be positive ints or 'all', got {list(fanouts)}")
+
+
+class BlockSampler:
+    """L-hop neighbourhood sampling with DGL, returning unbiased plain-torch blocks.
+
+    Args:
+        graph: the training graph.
+        fanouts: one entry per layer, INPUT side first (as in DGL's ``NeighborSampler``):
+            a positive int, or ``"all"`` for every neighbour.
+
+    Not thread-safe: DGL's fused sampler keeps an id map between calls; use one per thread.
+    """
+
+    def __init__(self, graph: UserItemGraph, fanouts: Sequence[Fanout]):
+        check_fanouts(fanouts)
+        self.graph = graph
+        self.fanouts = list(fanouts)
+        self._sampler = dgl.dataloading.NeighborSampler([-1 if f == "all" else f for f in fanouts])
+
+    def sample(self, output_nodes: np.ndarray) -> tuple[torch.Tensor, list[Block]]:
+        """Blocks (input side first) whose last destination nodes are ``output_nodes``.
+
+        Returns:
+            ``(input_nodes, blocks)``; ``input_nodes`` starts with ``output_nodes`` in order.
+        """
+        seeds = torch.from_numpy(np.asarray(output_nodes, dtype=np.int64))
+        if not self.fanouts:
+            return seeds, []
+        input_nodes, _, dgl_blocks = self._sampler.sample_blocks(self.graph.dgl_graph, seeds)
+        return input_nodes, [self._convert(b) for b in dgl_blocks]
+
+    def _convert(self, block: dgl.DGLGraph) -> Block:
+        src_ids = block.srcdata[dgl.NID]
+        num_dst = block.num_dst_nodes()
+        src, dst = block.edges()
+        dst_ids = src_ids[dst]  # destination nodes are a prefix of the source nodes
+        sampled = torch.bincount(dst, minlength=num_dst).double()
+        degrees = torch.from_numpy(self.graph.degrees)
+        weight = self.graph.edge_weights(src_ids[src], dst_ids)
+        weight = weight * degrees[dst_ids].double() / sampled[dst]
+        return Block.from_edges(src_ids, num_dst, src, dst, weight)
+
+
+def sample_batch(
+    graph: UserItemGraph,
+    sampler: BlockSampler,
+    item_hop: ItemGraph | None,
+    edge_ids: np.ndarray,
+    num_negatives: int,
+    rng: np.random.Generator,
+) -> MiniBatch:
+    """A sampled BPR minibatch for the seed edges ``edge_ids`` (item features not yet attached).
+
+    Positions of the batch's users and items are found in the (sorted) output nodes;
+    ``loss_items`` are the positions of the batch's distinct positive and negative items.
+    """
+    num_users = graph.num_users
+    users = graph.edge_users(edge_ids)
+    pos = graph.edge_items(edge_ids)
+    neg = sample_negatives(graph, users, num_negatives, rng)
+    output, item_block = output_nodes_for(num_users, users, pos, neg, item_hop)
+    input_nodes, blocks = sampler.sample(output)
+    batch_items = np.unique(np.concatenate([pos, neg.reshape(-1)])) + num_users
+
+    def positions(ids: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.searchsorted(output, ids))
+
+    return MiniBatch(
+        blocks=blocks,
+        input_nodes=input_nodes,
+        output_nodes=torch.from_numpy(output),
+        users=positions(users),
+        pos_items=positions(pos + num_users),
+        neg_items=positions(neg + num_users),
+        loss_items=positions(batch_items),
+        num_users=num_users,
+        item_graph=item_block,
+    )

@@ -1,0 +1,116 @@
+import dgl
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sea_dist.errors import DataError
+from sea_dist.graph.build import build_graph
+from sea_dist.graph.knn import build_item_graph
+from sea_dist.graph.sampler import BlockSampler, check_negatives_exist, sample_batch, sample_negatives
+from tests.graph.conftest import full_output, model_output, random_interactions
+
+
+@st.composite
+def seen_sets(draw):
+    num_items = draw(st.integers(2, 80))
+    num_users = draw(st.integers(1, 8))
+    # User 0 has seen all but a few items; the others anything short of everything.
+    keep_free = draw(st.integers(1, min(3, num_items - 1)))
+    free = draw(st.permutations(range(num_items)))[:keep_free]
+    seen = [sorted(set(range(num_items)) - set(free))]
+    for _ in range(num_users - 1):
+        mask = draw(st.lists(st.booleans(), min_size=num_items, max_size=num_items))
+        if all(mask):
+            mask[draw(st.integers(0, num_items - 1))] = False
+        seen.append([i for i, m in enumerate(mask) if m])
+    return num_items, seen
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=seen_sets(), num_negatives=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))
+def test_negatives_never_hit_a_training_item(data, num_negatives, seed):
+    num_items, seen = data
+    users = np.array([u for u, items in enumerate(seen) for _ in items], dtype=np.int64)
+    items = np.array([i for items in seen for i in items], dtype=np.int64)
+    graph = build_graph(len(seen), num_items, users, items)
+    batch_users = np.repeat(np.arange(len(seen)), 50)
+    neg = sample_negatives(graph, batch_users, num_negatives, np.random.default_rng(seed))
+    assert neg.shape == (len(batch_users), num_negatives)
+    assert ((neg >= 0) & (neg < num_items)).all()
+    for u, row in zip(batch_users.tolist(), neg.tolist()):
+        assert not set(row) & set(seen[u])
+    # 200 draws for the heavy user's <= 3 free items: each shows up (miss prob < 3 (2/3)^200).
+    assert set(neg[batch_users == 0].ravel().tolist()) == set(range(num_items)) - set(seen[0])
+
+
+def test_negatives_are_uniform_over_unseen_items():
+    num_items = 50
+    seen = np.array([0, 3, 4, 5, 17, 30, 31, 49])
+    graph = build_graph(1, num_items, np.zeros(len(seen), dtype=np.int64), seen)
+    neg = sample_negatives(graph, np.zeros(1, dtype=np.int64), 84_000, np.random.default_rng(0)).ravel()
+    counts = np.bincount(neg, minlength=num_items)
+    assert (counts[seen] == 0).all()
+    unseen = np.setdiff1d(np.arange(num_items), seen)
+    expected = len(neg) / len(unseen)  # 2000 per item; std ~ 44
+    chi2 = (((counts[unseen] - expected) ** 2) / expected).sum()
+    assert chi2 < 80  # chi-square, 41 degrees of freedom: P(> 80) < 1e-3
+
+
+def test_a_user_with_every_item_is_an_error():
+    graph = build_graph(2, 3, np.array([0, 0, 0, 1]), np.array([0, 1, 2, 1]))
+    with pytest.raises(DataError, match="user 0 interacted with all 3 items"):
+        check_negatives_exist(graph)
+
+
+@pytest.fixture
+def setup():
+    data = random_interactions(num_users=60, num_items=45, seed=1)
+    graph = build_graph(data.num_users, data.num_items, data.users, data.items)
+    item_graph = build_item_graph(list(data.features.values()), 0.1, 4, "exact", 1000)
+    x_all = torch.randn(graph.num_nodes, 8, generator=torch.Generator().manual_seed(0)).double()
+    return data, graph, item_graph, x_all
+
+
+@pytest.mark.parametrize("hops", [1, 2])
+def test_fanout_all_equals_full_graph(setup, hops):
+    data, graph, item_graph, x_all = setup
+    sampler = BlockSampler(graph, ["all", "all"])
+    edge_ids = np.random.default_rng(0).choice(graph.num_edges, 16, replace=False)
+    batch = sample_batch(graph, sampler, item_graph.power(hops), edge_ids, 2, np.random.default_rng(1))
+    for block in batch.blocks:  # destination nodes are a prefix of the source nodes
+        assert block.num_dst <= len(block.src_nodes)
+    torch.testing.assert_close(batch.blocks[-1].dst_nodes, batch.output_nodes)
+    torch.testing.assert_close(batch.blocks[0].src_nodes, batch.input_nodes)
+    got = model_output(batch, x_all.float())
+    want = full_output(data, item_graph, hops, 2, x_all).float()
+    for positions in (batch.users, batch.pos_items, batch.neg_items.ravel(), batch.loss_items):
+        torch.testing.assert_close(got[positions], want[batch.output_nodes[positions]], atol=1e-5, rtol=1e-5)
+    ids = batch.output_nodes
+    np.testing.assert_array_equal(ids[batch.users].numpy(), graph.edge_users(edge_ids))
+    np.testing.assert_array_equal(ids[batch.pos_items].numpy() - graph.num_users, graph.edge_items(edge_ids))
+
+
+def test_finite_fanouts_are_unbiased(setup):
+    data, graph, item_graph, x_all = setup
+    assert np.median(graph.degrees) > 2  # fanout 2 really subsamples
+    sampler = BlockSampler(graph, [2, 2])
+    edge_ids = np.arange(0, graph.num_edges, 7)
+    want = full_output(data, item_graph, 1, 2, x_all)
+    targets = np.unique(np.concatenate([graph.edge_users(edge_ids), graph.edge_items(edge_ids) + graph.num_users]))
+    total = torch.zeros(len(targets), x_all.shape[1], dtype=torch.float64)
+    errors = {}
+    for draw in range(1, 401):
+        dgl.seed(draw)
+        batch = sample_batch(graph, sampler, item_graph, edge_ids, 1, np.random.default_rng(draw))
+        out = model_output(batch, x_all.float()).double()
+        total += out[np.searchsorted(batch.output_nodes.numpy(), targets)]
+        if draw in (25, 400):
+            errors[draw] = float((total / draw - want[targets]).norm() / want[targets].norm())
+    single = float((out[np.searchsorted(batch.output_nodes.numpy(), targets)] - want[targets]).norm()
+                   / want[targets].norm())
+    assert single > 0.05  # one draw really is noisy
+    # The error of the mean shrinks like 1/sqrt(draws): expected ratio 1/4.
+    assert errors[400] < 0.5 * errors[25]
+    assert errors[400] < 0.06  # one draw: ~0.6, so ~0.03 expected at 400
