@@ -54,6 +54,27 @@ class _ModelBase(_Section):
     num_layers: int = Field(default=2, ge=0)
 
 
+class SGFDCfg(_Section):
+    """SGFD plug-in (spec section 4): a distilled student replaces the model's feature projection.
+
+    The latent width is the output width of the projection the student replaces (SEA: the
+    full-width map, ``map_dim`` or the raw width; MENTOR and VBPR: ``embedding_dim``). Item
+    labels come from the store (``label_source: store``, e.g. ml-100k genres), from k-means
+    over the row-normalised, concatenated item features (``kmeans``; ``num_clusters`` classes,
+    seeded by ``kmeans_seed`` so every worker derives the same labels), or from the store when
+    it has them and k-means otherwise (``auto``). Defaults are the reference's (BM3 ``main.py``:
+    ce 0.2, kd 0.2, temperature 10).
+    """
+
+    ce_weight: float = Field(default=0.2, ge=0.0, description="weight of the classification terms")
+    kd_weight: float = Field(default=0.2, ge=0.0, description="weight of the distillation terms")
+    temperature: float = Field(default=10.0, gt=0.0, description="softmax temperature of the KD")
+    label_source: Literal["auto", "store", "kmeans"] = "auto"
+    num_clusters: int = Field(default=20, ge=2, description="k-means labels: number of clusters")
+    kmeans_iters: int = Field(default=20, ge=1)
+    kmeans_seed: int = 0
+
+
 class LightGCNCfg(_ModelBase):
     name: Literal["lightgcn"] = "lightgcn"
     reg_weight: float = Field(default=1e-4, ge=0.0)
@@ -82,6 +103,7 @@ class SEACfg(_ModelBase):
     estimator_cross_modal: bool = Field(
         default=False, description="reproduce the reference code's cross-modal CLUB fit"
     )
+    sgfd: SGFDCfg | None = None
 
     @model_validator(mode="after")
     def _sand_default(self) -> SEACfg:
@@ -90,8 +112,32 @@ class SEACfg(_ModelBase):
         return self
 
 
-ModelCfg = Annotated[Union[LightGCNCfg, SEACfg], Field(discriminator="name")]
-MODEL_NAMES: tuple[str, ...] = ("lightgcn", "sea", "sand")
+class MENTORCfg(_ModelBase):
+    """MENTOR (spec section 3); defaults are the reference hyperparameters."""
+
+    name: Literal["mentor"] = "mentor"
+    feature_hidden: int = Field(default=256, ge=1)
+    reg_weight: float = Field(default=1e-3, ge=0.0)
+    align_weight: float = Field(default=0.1, ge=0.0)
+    mask_f_weight: float = Field(default=1.5, ge=0.0, description="feature-masking weight")
+    mask_g_weight: float = Field(default=1e-3, ge=0.0, description="graph-perturbation weight")
+    tau: float = Field(default=0.2, gt=0.0)
+    dropout: float = Field(default=0.5, ge=0.0, lt=1.0, description="feature-masking dropout")
+    noise_eps: float = Field(default=0.1, ge=0.0, description="graph-perturbation noise size")
+    sgfd: SGFDCfg | None = None
+
+
+class VBPRCfg(_ModelBase):
+    """VBPR (He & McAuley, AAAI 2016) as in MMRec: matrix factorisation, no propagation."""
+
+    name: Literal["vbpr"] = "vbpr"
+    num_layers: int = Field(default=0, ge=0, le=0, description="VBPR propagates nothing")
+    reg_weight: float = Field(default=1e-4, ge=0.0)
+    sgfd: SGFDCfg | None = None
+
+
+ModelCfg = Annotated[Union[LightGCNCfg, SEACfg, MENTORCfg, VBPRCfg], Field(discriminator="name")]
+MODEL_NAMES: tuple[str, ...] = ("lightgcn", "sea", "sand", "mentor", "vbpr")
 
 
 class TrainCfg(_Section):

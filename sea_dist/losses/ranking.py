@@ -53,3 +53,21 @@ def l2_reg(*embeddings: Tensor) -> Tensor:
         raise ValueError("l2_reg needs at least one tensor")
     total = sum(e.pow(2).sum() for e in embeddings)
     return total / (2 * embeddings[0].shape[0])
+
+
+def norm_reg(*embeddings: Tensor) -> Tensor:
+    r"""MMRec's ``EmbLoss``: the (unsquared) Frobenius norms of the batch's embeddings.
+
+    .. math::
+        \mathcal{R} = \frac{1}{B} \sum_{E} \lVert E \rVert_F
+
+    ``B`` is the number of rows of the LAST tensor (MMRec's convention; the batch size when
+    called as ``norm_reg(user_emb, pos_emb, neg_emb)``). VBPR's reference weights this term.
+
+    Shapes:
+        embeddings: ``[B, d]`` (or ``[B, K, d]``) -> scalar.
+    """
+    if not embeddings:
+        raise ValueError("norm_reg needs at least one tensor")
+    total = sum(e.norm(p=2) for e in embeddings)
+    return total / embeddings[-1].shape[0]

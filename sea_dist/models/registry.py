@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-from sea_dist.config import LightGCNCfg, ModelCfg, SEACfg
+from sea_dist.config import LightGCNCfg, ModelCfg, SEACfg, VBPRCfg
 from sea_dist.errors import ConfigError
 from sea_dist.models.base import Recommender
 from sea_dist.models.lightgcn import LightGCN
 from sea_dist.models.sea import SEA, SEAParams
+from sea_dist.models.vbpr import VBPR
 
 Builder = Callable[..., Recommender]
 _B = TypeVar("_B", bound=Builder)
@@ -79,3 +80,10 @@ def _sea(cfg: SEACfg, num_users: int, num_items: int, feature_dims: dict[str, in
         estimator_cross_modal=cfg.estimator_cross_modal,
     )
     return SEA(num_users, num_items, feature_dims, params)
+
+
+@register_model("vbpr")
+def _vbpr(cfg: VBPRCfg, num_users: int, num_items: int, feature_dims: dict[str, int]) -> Recommender:
+    if not feature_dims:
+        raise ConfigError("model.name=vbpr needs at least one modality; the data has none")
+    return VBPR(num_users, num_items, feature_dims, cfg.embedding_dim, cfg.reg_weight)

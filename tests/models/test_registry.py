@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sea_dist.config import LightGCNCfg, ModelCfg, SEACfg
+from sea_dist.config import LightGCNCfg, MENTORCfg, ModelCfg, SEACfg, VBPRCfg
 from sea_dist.errors import ConfigError
 from sea_dist.models.base import Recommender
 from sea_dist.models.registry import build_model, registered_models
@@ -13,26 +13,42 @@ from sea_dist.models.registry import build_model, registered_models
 from tests.models.toy_graph import ToyGraph, make_toy_graph
 
 
+# Models that propagate nothing: they only take zero-layer batches.
+NO_LAYERS = {"vbpr"}
+
+
 def model_cfg(name: str, num_layers: int = 2) -> ModelCfg:
     if name == "lightgcn":
         return LightGCNCfg(num_layers=num_layers, embedding_dim=16)
+    if name == "vbpr":
+        return VBPRCfg(embedding_dim=16)
+    if name == "mentor":
+        return MENTORCfg(num_layers=num_layers, embedding_dim=16, feature_hidden=32)
     return SEACfg(name=name, num_layers=num_layers, embedding_dim=16, feature_hidden=32)
+
+
+def layers(name: str, num_layers: int = 2) -> int:
+    """The layer count a test can use for ``name``: 0 for models that propagate nothing."""
+    return 0 if name in NO_LAYERS else num_layers
 
 
 def build(toy: ToyGraph, name: str, num_layers: int = 2) -> Recommender:
     torch.manual_seed(0)
+    num_layers = layers(name, num_layers)
     dims = {m: f.shape[1] for m, f in toy.features.items()}
     return build_model(model_cfg(name, num_layers), toy.num_users, toy.num_items, dims)
 
 
 def test_registry_lists_the_configurable_models() -> None:
-    assert set(registered_models()) == {"lightgcn", "sea", "sand"}
+    assert set(registered_models()) == {"lightgcn", "sea", "sand", "vbpr"}
 
 
 @pytest.mark.parametrize("name", registered_models())
 @pytest.mark.parametrize("num_layers", [0, 1, 2])
 @pytest.mark.parametrize("mode", ["full", "sampled"])
 def test_forward_backward_finite(toy: ToyGraph, name: str, num_layers: int, mode: str) -> None:
+    if name in NO_LAYERS and num_layers:
+        pytest.skip(f"{name} propagates nothing")
     model = build(toy, name, num_layers)
     triples = toy.triples(8, num_negatives=2)
     if mode == "full":
@@ -53,9 +69,9 @@ def test_forward_backward_finite(toy: ToyGraph, name: str, num_layers: int, mode
 @pytest.mark.parametrize("name", registered_models())
 def test_node_embeddings_shape(toy: ToyGraph, name: str) -> None:
     model = build(toy, name)
-    batch = toy.full_batch(2, toy.triples(4))
+    batch = toy.full_batch(layers(name), toy.triples(4))
     emb = model.node_embeddings(batch)
-    width = 16 if name == "lightgcn" else 16 * len(toy.features)
+    width = 16 if name == "lightgcn" else 16 * len(toy.features)  # VBPR: [ID | features]
     assert emb.shape == (toy.num_nodes, width)
 
 
@@ -64,10 +80,12 @@ def test_full_and_sampled_batches_agree(toy: ToyGraph, name: str) -> None:
     """With every neighbour in the blocks, a sampled batch reproduces the full-graph rows."""
     model = build(toy, name).eval()
     triples = toy.triples(6, num_negatives=2)
-    sampled, seed_pos = toy.sampled_batch(2, triples)
-    assert len(sampled.input_nodes) > len(sampled.output_nodes)  # a real 2-hop subgraph
+    num_layers = layers(name)
+    sampled, seed_pos = toy.sampled_batch(num_layers, triples)
+    if num_layers:
+        assert len(sampled.input_nodes) > len(sampled.output_nodes)  # a real 2-hop subgraph
     with torch.no_grad():
-        full = model.node_embeddings(toy.full_batch(2, triples))
+        full = model.node_embeddings(toy.full_batch(num_layers, triples))
         part = model.node_embeddings(sampled)
     expected = full[sampled.output_nodes[seed_pos]]
     torch.testing.assert_close(part[seed_pos], expected, rtol=1e-5, atol=1e-6)
@@ -78,6 +96,11 @@ def test_layer_count_mismatch_is_an_error(toy: ToyGraph, name: str) -> None:
     model = build(toy, name, num_layers=2)
     with pytest.raises(ValueError, match="blocks"):
         model(toy.full_batch(1, toy.triples(4)))
+
+
+def test_models_that_propagate_nothing_refuse_layers() -> None:
+    with pytest.raises(ValueError):
+        VBPRCfg(num_layers=2)
 
 
 @pytest.mark.parametrize("name", ["sea", "sand"])

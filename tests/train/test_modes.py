@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sea_dist.config import LightGCNCfg, SEACfg
+from sea_dist.config import LightGCNCfg, SEACfg, VBPRCfg
 from sea_dist.graph.build import build_graph
 from sea_dist.graph.knn import build_item_graph
 from sea_dist.graph.loader import MiniBatchLoader, full_graph_batch
@@ -23,16 +23,19 @@ def parts(tiny_store):
     return tiny_store, graph, item_graph, features
 
 
-@pytest.mark.parametrize("model_cfg", [SEACfg(name="sea"), SEACfg(name="sand"), LightGCNCfg()])
+@pytest.mark.parametrize(
+    "model_cfg", [SEACfg(name="sea"), SEACfg(name="sand"), LightGCNCfg(), VBPRCfg()], ids=lambda c: c.name
+)
 def test_sampled_with_all_fanouts_equals_full_graph(parts, model_cfg) -> None:
     store, graph, item_graph, features = parts
     torch.manual_seed(0)
     dims = {m: int(f.shape[1]) for m, f in features.items()}
     model = build_model(model_cfg, store.num_users, store.num_items, dims).eval()
-    hops = 0 if model_cfg.name == "lightgcn" else 1
-    full = full_graph_batch(graph, item_graph, features, hops, num_layers=model_cfg.num_layers)
+    hops = 0 if model_cfg.name in ("lightgcn", "vbpr") else 1
+    num_layers = model_cfg.num_layers
+    full = full_graph_batch(graph, item_graph, features, hops, num_layers=num_layers)
     loader = MiniBatchLoader(
-        graph, item_graph, features, mode="sampled", fanouts=["all", "all"], num_layers=2,
+        graph, item_graph, features, mode="sampled", fanouts=["all"] * num_layers, num_layers=num_layers,
         item_hops=hops, batch_size=64, num_negatives=2, seed=3, prefetch=0, max_steps=3,
     )
     with torch.no_grad():
