@@ -168,6 +168,9 @@ class EvalCfg(_Section):
     metric: str = "recall@20"
     batch_users: int = Field(default=4096, ge=1)
     every: int = Field(default=1, ge=1, description="validate every N epochs")
+    users_sample: int | None = Field(
+        default=None, ge=1, description="evaluate a seeded sample of this many users (huge data)"
+    )
 
     @model_validator(mode="after")
     def _metric_in_k(self) -> EvalCfg:

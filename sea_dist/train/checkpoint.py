@@ -1,40 +1,24 @@
 """Training state on disk: what a resumed or replaced worker needs to continue exactly.
 
 A checkpoint directory holds ``state.pt`` (model, optimizers, estimator optimizer, epoch,
-early-stopping state, RNG states, the best model so far) and ``config.yaml`` (the resolved
-run config), so a checkpoint is self-describing. Only rank 0 writes (nanoGPT's
-``master_process``); files are written to a temporary name and renamed.
+early-stopping state, the best model so far) and ``config.yaml`` (the resolved run config), so
+a checkpoint is self-describing. It holds no RNG state: the loop re-seeds per epoch and rank.
+Only rank 0 writes (nanoGPT's ``master_process``); files are written to a temporary name and
+renamed.
 """
 
 from __future__ import annotations
 
 import os
-import random
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from sea_dist.io import atomic_write_text
 
 STATE_FILE = "state.pt"
 CONFIG_FILE = "config.yaml"
-
-
-def rng_state() -> dict[str, Any]:
-    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    np.random.set_state(state["numpy"])
-    random.setstate(state["python"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
 
 
 def save_checkpoint(directory: str | Path, state: dict[str, Any], config_yaml: str) -> None:

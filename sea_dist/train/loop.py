@@ -32,7 +32,7 @@ from sea_dist.graph.loader import MiniBatchLoader, full_graph_batch
 from sea_dist.graph.partition import partition_seed_edges
 from sea_dist.models.base import Recommender
 from sea_dist.models.registry import build_model
-from sea_dist.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from sea_dist.train.checkpoint import load_checkpoint, save_checkpoint
 from sea_dist.train.optim import build_optimizers, fit_estimator
 from sea_dist.train.run_files import RunFiles
 from sea_dist.train.sparse_sync import sync_sparse_grads
@@ -194,7 +194,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if opt is not None:
                 opt.load_state_dict(state["optimizers"][name])
         stopper.load_state_dict(state["stopper"])
-        set_rng_state(state["rng"])
         start_epoch, best_state = state["epoch"] + 1, state["best_model"]
         wall_before = state["wall_time_s"]
         if rank == 0:
@@ -208,6 +207,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     started = time.perf_counter()
     for epoch in range(start_epoch, cfg.train.epochs):
         loader.set_epoch(epoch)
+        # Model randomness (CLUB's shuffles, dropout) draws as many numbers as a rank's batch
+        # has rows, so each rank's stream is its own; seeding it per (epoch, rank) makes a
+        # restart from any epoch's checkpoint replay exactly what an uninterrupted run draws.
+        torch.manual_seed(int(np.random.SeedSequence([cfg.train.seed, epoch, rank]).generate_state(1)[0]))
         timers = dict.fromkeys(("sample", "move", "forward_backward", "sync", "optimizer"), 0.0)
         steps, edges, emb_bytes, loss_sum = 0, 0, 0, 0.0
         epoch_start = time.perf_counter()
@@ -253,12 +256,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "dense_bytes_per_step": dense_bytes,
             "embedding_table_bytes": table_bytes,
             "peak_rss_mb": _peak_rss_mb(),
+            "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
             **{f"time_{k}_s": v for k, v in timers.items()},
         }
         improved = False
         if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.train.epochs:
             emb = _full_embeddings(model, full_batch)
-            valid = evaluator.evaluate(emb[: store.num_users], emb[store.num_users :], "valid")
+            valid = evaluator.evaluate(
+                emb[: store.num_users], emb[store.num_users :], "valid", users_sample=cfg.eval.users_sample
+            )
             metrics.update({f"valid/{k}": v for k, v in valid.items()})
             improved = stopper.update(epoch, valid)
             if improved:
@@ -270,7 +276,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "model": model.state_dict(),
             "optimizers": {n: o.state_dict() for n, o in optimizers.items() if o is not None},
             "stopper": stopper.state_dict(),
-            "rng": rng_state(),
             "epoch": epoch,
             "best_model": best_state,
             "wall_time_s": wall_before + time.perf_counter() - started,
@@ -285,8 +290,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         model.load_state_dict(best_state)
     emb = _full_embeddings(model, full_batch)
     users_emb, items_emb = emb[: store.num_users], emb[store.num_users :]
-    valid = evaluator.evaluate(users_emb, items_emb, "valid")
-    test = evaluator.evaluate(users_emb, items_emb, "test")
+    valid = evaluator.evaluate(users_emb, items_emb, "valid", users_sample=cfg.eval.users_sample)
+    test = evaluator.evaluate(users_emb, items_emb, "test", users_sample=cfg.eval.users_sample)
     wall = wall_before + time.perf_counter() - started
     peaks = _gather_floats(_peak_rss_mb())
     if rank == 0:
