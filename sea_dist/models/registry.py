@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-from sea_dist.config import LightGCNCfg, ModelCfg, SEACfg, VBPRCfg
+from sea_dist.config import LightGCNCfg, MENTORCfg, ModelCfg, SEACfg, VBPRCfg
 from sea_dist.errors import ConfigError
 from sea_dist.models.base import Recommender
 from sea_dist.models.lightgcn import LightGCN
+from sea_dist.models.mentor import MENTOR, MENTORParams
 from sea_dist.models.sea import SEA, SEAParams
 from sea_dist.models.vbpr import VBPR
 
@@ -87,3 +88,24 @@ def _vbpr(cfg: VBPRCfg, num_users: int, num_items: int, feature_dims: dict[str, 
     if not feature_dims:
         raise ConfigError("model.name=vbpr needs at least one modality; the data has none")
     return VBPR(num_users, num_items, feature_dims, cfg.embedding_dim, cfg.reg_weight)
+
+
+@register_model("mentor")
+def _mentor(
+    cfg: MENTORCfg, num_users: int, num_items: int, feature_dims: dict[str, int]
+) -> Recommender:
+    if not feature_dims:
+        raise ConfigError("model.name=mentor needs at least one modality; the data has none")
+    params = MENTORParams(
+        embedding_dim=cfg.embedding_dim,
+        num_layers=cfg.num_layers,
+        feature_hidden=cfg.feature_hidden,
+        reg_weight=cfg.reg_weight,
+        align_weight=cfg.align_weight,
+        mask_f_weight=cfg.mask_f_weight,
+        mask_g_weight=cfg.mask_g_weight,
+        tau=cfg.tau,
+        dropout=cfg.dropout,
+        noise_eps=cfg.noise_eps,
+    )
+    return MENTOR(num_users, num_items, feature_dims, params)

@@ -40,7 +40,7 @@ def build(toy: ToyGraph, name: str, num_layers: int = 2) -> Recommender:
 
 
 def test_registry_lists_the_configurable_models() -> None:
-    assert set(registered_models()) == {"lightgcn", "sea", "sand", "vbpr"}
+    assert set(registered_models()) == {"lightgcn", "sea", "sand", "mentor", "vbpr"}
 
 
 @pytest.mark.parametrize("name", registered_models())

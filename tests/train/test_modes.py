@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from sea_dist.config import LightGCNCfg, SEACfg, VBPRCfg
+from sea_dist.config import LightGCNCfg, MENTORCfg, SEACfg, VBPRCfg
 from sea_dist.graph.build import build_graph
 from sea_dist.graph.knn import build_item_graph
 from sea_dist.graph.loader import MiniBatchLoader, full_graph_batch
@@ -24,7 +24,9 @@ def parts(tiny_store):
 
 
 @pytest.mark.parametrize(
-    "model_cfg", [SEACfg(name="sea"), SEACfg(name="sand"), LightGCNCfg(), VBPRCfg()], ids=lambda c: c.name
+    "model_cfg",
+    [SEACfg(name="sea"), SEACfg(name="sand"), LightGCNCfg(), VBPRCfg(), MENTORCfg()],
+    ids=lambda c: c.name,
 )
 def test_sampled_with_all_fanouts_equals_full_graph(parts, model_cfg) -> None:
     store, graph, item_graph, features = parts
