@@ -89,9 +89,8 @@ class _FullGraph:
         self.num_layers = num_layers
         self.nodes = torch.arange(graph.num_nodes)
         self.item_block = None if item_hop is None else _full_item_block(graph.num_users, item_hop)
-        self.features = {
-            m: torch.from_numpy(np.asarray(f, dtype=np.float32)) for m, f in features.items()
-        }
+        # A copy: stores are read-only memory maps, and torch wants writable arrays.
+        self.features = {m: torch.from_numpy(np.array(f, dtype=np.float32)) for m, f in features.items()}
 
     def batch(self, users: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> MiniBatch:
         num_users = self.graph.num_users

@@ -31,7 +31,7 @@ from sea_dist.graph.knn import ItemGraph, build_item_graph
 from sea_dist.graph.loader import MiniBatchLoader, full_graph_batch
 from sea_dist.graph.partition import partition_seed_edges
 from sea_dist.models.base import Recommender
-from sea_dist.models.registry import build_model
+from sea_dist.models.registry import build_model, resolve_item_labels
 from sea_dist.train.checkpoint import load_checkpoint, save_checkpoint
 from sea_dist.train.optim import build_optimizers, fit_estimator
 from sea_dist.train.run_files import RunFiles
@@ -132,6 +132,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     cfg = RunCfg.model_validate(config["cfg"])
+    # Ray Train logs each report's whole metrics dict at INFO through loggers named by file
+    # path, under the root logger: quiet the root, keep our own loggers at the driver's level.
+    level = int(config.get("log_level", logging.INFO))
+    logging.getLogger().setLevel(max(level, logging.WARNING))
+    logging.getLogger("sea_dist").setLevel(level)
     files = RunFiles(Path(config["run_dir"]))
     rank, world = _world()
     torch.set_num_threads(int(config.get("threads", 1)))
@@ -171,7 +176,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         device=device,
     )
     dims = {m: int(data.features[m].shape[1]) for m in data.modalities}
-    model = build_model(cfg.model, store.num_users, store.num_items, dims).to(device)
+    labels = resolve_item_labels(cfg.model, store.labels(), data.features)  # SGFD only
+    model = build_model(cfg.model, store.num_users, store.num_items, dims, labels).to(device)
     # Sampled steps touch few table rows: sparse grads + SparseAdam. Full-graph steps touch
     # every row anyway, so they keep the reference's dense Adam.
     sparse_tables = cfg.train.mode == "sampled"
@@ -378,7 +384,8 @@ def evaluate_run(
     data = prepare_data(cfg)
     store = data.store
     dims = {m: int(data.features[m].shape[1]) for m in data.modalities}
-    model = build_model(cfg.model, store.num_users, store.num_items, dims)
+    labels = resolve_item_labels(cfg.model, store.labels(), data.features)
+    model = build_model(cfg.model, store.num_users, store.num_items, dims, labels)
     model.load_state_dict(load_checkpoint(best)["model"])
     full_batch = full_graph_batch(
         data.graph, data.item_graph, data.features, cfg.graph.item_hops, num_layers=cfg.model.num_layers

@@ -19,7 +19,7 @@ from typing import Any
 
 import ray
 import ray.train
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.queue import Queue
 from tqdm import tqdm
@@ -93,7 +93,12 @@ def run_training(
     queue = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"cfg": cfg.model_dump(mode="json"), "run_dir": str(out), "threads": threads},
+        train_loop_config={
+            "cfg": cfg.model_dump(mode="json"),
+            "run_dir": str(out),
+            "threads": threads,
+            "log_level": logging.getLogger().getEffectiveLevel(),
+        },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
             num_workers=num_workers,
@@ -107,6 +112,10 @@ def run_training(
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
             callbacks=[_ForwardMetrics(queue)],
+            # The progress bar and metrics.jsonl carry what Ray Train logs at INFO.
+            logging_config=LoggingConfig(
+                log_level="DEBUG" if logging.getLogger().isEnabledFor(logging.DEBUG) else "WARNING"
+            ),
         ),
     )
     outcome: dict[str, Any] = {}
