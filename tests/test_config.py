@@ -2,7 +2,15 @@ from pathlib import Path
 
 import pytest
 
-from sea_dist.config import SEACfg, dump_config, load_config, parse_yaml
+from sea_dist.config import (
+    MENTORCfg,
+    SEACfg,
+    SGFDCfg,
+    VBPRCfg,
+    dump_config,
+    load_config,
+    parse_yaml,
+)
 from sea_dist.errors import ConfigError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
@@ -110,3 +118,56 @@ def test_resolved_config_round_trips(tmp_path: Path) -> None:
 
 def test_scientific_notation_is_float() -> None:
     assert parse_yaml("a: 1e-4\nb: 5E3\nc: '1e-4'") == {"a": 1e-4, "b": 5000.0, "c": "1e-4"}
+
+
+@pytest.mark.parametrize(
+    ("name", "model", "sgfd"),
+    [
+        ("mentor.yaml", "mentor", False),
+        ("vbpr.yaml", "vbpr", False),
+        ("vbpr_sgfd.yaml", "vbpr", True),
+        ("sea_sgfd.yaml", "sea", True),
+    ],
+)
+def test_issue8_configs_load_in_both_modes(name: str, model: str, sgfd: bool) -> None:
+    for mode in ("full", "sampled"):
+        cfg = load_config(CONFIGS / name, [f"train.mode={mode}"])
+        assert cfg.model.name == model
+        assert (getattr(cfg.model, "sgfd", None) is not None) == sgfd
+
+
+def test_mentor_and_sgfd_reference_hyperparameters() -> None:
+    mentor = load_config(CONFIGS / "mentor.yaml")
+    assert isinstance(mentor.model, MENTORCfg)
+    m = mentor.model
+    weights = (m.reg_weight, m.align_weight, m.mask_f_weight, m.mask_g_weight)
+    assert weights == (1e-3, 0.1, 1.5, 1e-3)
+    assert (m.tau, m.dropout, m.noise_eps) == (0.2, 0.5, 0.1)
+    assert mentor.eval.metric == "recall@10" and mentor.train.lr == pytest.approx(1e-4)
+    cfg = load_config(CONFIGS / "vbpr_sgfd.yaml")
+    assert isinstance(cfg.model, VBPRCfg) and cfg.model.sgfd is not None
+    s = cfg.model.sgfd
+    assert (s.ce_weight, s.kd_weight, s.temperature, s.label_source) == (0.2, 0.2, 10.0, "auto")
+    assert cfg.model.num_layers == 0 and cfg.train.fanouts == [] and cfg.graph.item_hops == 0
+
+
+def test_sgfd_section_is_validated() -> None:
+    cfg = load_config(CONFIGS / "mentor.yaml", ["model.sgfd.kd_weight=0.5"])
+    assert isinstance(cfg.model, MENTORCfg) and cfg.model.sgfd == SGFDCfg(kd_weight=0.5)
+    with pytest.raises(ConfigError, match=r"model\.sgfd\.temperature"):
+        load_config(CONFIGS / "sea_sgfd.yaml", ["model.sgfd.temperature=0"])
+    with pytest.raises(ConfigError, match=r"model\.sgfd\.label_source"):
+        load_config(CONFIGS / "sea_sgfd.yaml", ["model.sgfd.label_source=genres"])
+    with pytest.raises(ConfigError, match=r"model\.sgfd\.num_cluster: unknown key"):
+        load_config(CONFIGS / "sea_sgfd.yaml", ["model.sgfd.num_cluster=3"])
+    with pytest.raises(ConfigError, match=r"model\.sgfd"):
+        load_config(CONFIGS / "lightgcn.yaml", ["model.sgfd.ce_weight=0.1"])  # nothing to wrap
+
+
+def test_vbpr_takes_no_layers_and_mentor_checks_its_weights() -> None:
+    with pytest.raises(ConfigError, match=r"model\.num_layers"):
+        load_config(CONFIGS / "vbpr.yaml", ["model.num_layers=2"])
+    with pytest.raises(ConfigError, match="fanouts has 2 entries but model.num_layers is 0"):
+        load_config(CONFIGS / "vbpr.yaml", ["train.mode=sampled", "train.fanouts=[10, 10]"])
+    with pytest.raises(ConfigError, match=r"model\.dropout"):
+        load_config(CONFIGS / "mentor.yaml", ["model.dropout=1.0"])

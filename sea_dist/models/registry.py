@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-from sea_dist.config import LightGCNCfg, MENTORCfg, ModelCfg, SEACfg, VBPRCfg
+import numpy as np
+import torch
+
+from sea_dist.config import LightGCNCfg, MENTORCfg, ModelCfg, SEACfg, SGFDCfg, VBPRCfg
 from sea_dist.errors import ConfigError
 from sea_dist.models.base import Recommender
 from sea_dist.models.lightgcn import LightGCN
 from sea_dist.models.mentor import MENTOR, MENTORParams
 from sea_dist.models.sea import SEA, SEAParams
+from sea_dist.models.sgfd import SGFD, SGFDParams, kmeans_labels
 from sea_dist.models.vbpr import VBPR
 
 Builder = Callable[..., Recommender]
@@ -39,14 +43,53 @@ def registered_models() -> tuple[str, ...]:
 
 
 def build_model(
-    cfg: ModelCfg, num_users: int, num_items: int, feature_dims: dict[str, int]
+    cfg: ModelCfg,
+    num_users: int,
+    num_items: int,
+    feature_dims: dict[str, int],
+    item_labels: torch.Tensor | None = None,
 ) -> Recommender:
     """Build the model named by ``cfg.name``; ``feature_dims`` maps modality -> width, in the
-    configured modality order (the first modality is the spec's "image")."""
+    configured modality order (the first modality is the spec's "image"). With an ``sgfd``
+    section the model is wrapped in the SGFD plug-in, which needs ``item_labels`` (see
+    :func:`resolve_item_labels`)."""
     builder = _BUILDERS.get(cfg.name)
     if builder is None:
         raise ConfigError(f"model.name: unknown model {cfg.name!r} (known: {', '.join(_BUILDERS)})")
-    return builder(cfg, num_users, num_items, feature_dims)
+    model = builder(cfg, num_users, num_items, feature_dims)
+    sgfd: SGFDCfg | None = getattr(cfg, "sgfd", None)
+    if sgfd is None:
+        return model
+    if item_labels is None:
+        raise ConfigError("model.sgfd needs item labels (see resolve_item_labels)")
+    params = SGFDParams(
+        ce_weight=sgfd.ce_weight, kd_weight=sgfd.kd_weight, temperature=sgfd.temperature
+    )
+    return SGFD(model, feature_dims, item_labels, params)
+
+
+def resolve_item_labels(
+    cfg: ModelCfg, store_labels: np.ndarray | None, features: dict[str, np.ndarray]
+) -> torch.Tensor | None:
+    """The item labels SGFD trains on, or ``None`` when the model has no ``sgfd`` section.
+
+    ``label_source``: ``store`` takes the store's categories (``-1`` = unknown) and fails
+    without them; ``kmeans`` clusters the item features
+    (:func:`~sea_dist.models.sgfd.kmeans_labels`); ``auto`` uses the store's when it has some labelled item, k-means otherwise.
+    """
+    sgfd: SGFDCfg | None = getattr(cfg, "sgfd", None)
+    if sgfd is None:
+        return None
+    has_store = store_labels is not None and bool((store_labels >= 0).any())
+    if sgfd.label_source == "store" and not has_store:
+        raise ConfigError("model.sgfd.label_source=store, but the store has no item labels")
+    if has_store and sgfd.label_source != "kmeans":
+        assert store_labels is not None
+        return torch.from_numpy(np.asarray(store_labels, dtype=np.int64))
+    if not features:
+        raise ConfigError("model.sgfd: no item labels and no features to derive them from")
+    mats = [torch.from_numpy(np.asarray(f, dtype=np.float32)) for f in features.values()]
+    return kmeans_labels(mats, sgfd.num_clusters, sgfd.kmeans_iters, sgfd.kmeans_seed)
 
 
 @register_model("lightgcn")
@@ -84,7 +127,9 @@ def _sea(cfg: SEACfg, num_users: int, num_items: int, feature_dims: dict[str, in
 
 
 @register_model("vbpr")
-def _vbpr(cfg: VBPRCfg, num_users: int, num_items: int, feature_dims: dict[str, int]) -> Recommender:
+def _vbpr(
+    cfg: VBPRCfg, num_users: int, num_items: int, feature_dims: dict[str, int]
+) -> Recommender:
     if not feature_dims:
         raise ConfigError("model.name=vbpr needs at least one modality; the data has none")
     return VBPR(num_users, num_items, feature_dims, cfg.embedding_dim, cfg.reg_weight)

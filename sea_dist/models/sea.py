@@ -152,6 +152,10 @@ class SEA(Recommender):
             for module in group.values():
                 module.reset_parameters()
 
+    def feature_projections(self) -> nn.ModuleDict:
+        """Per modality, the full-width map ``L_m`` (what the SGFD plug-in replaces)."""
+        return self.maps
+
     def estimator_parameters(self) -> list[nn.Parameter]:
         return list(self.estimators.parameters())
 

@@ -42,7 +42,9 @@ def dense_views(model: MENTOR, toy: ToyGraph, num_layers: int) -> dict[str, Tens
     }
     branch["id"] = _gcn(toy, model.id_users, model.id_encoder(model.id_items), num_layers)
     num_mod = len(model.modalities)
-    users = [model.user_weight[:, k : k + 1] * branch[m][:u] for k, m in enumerate(model.modalities)]
+    users = [
+        model.user_weight[:, k : k + 1] * branch[m][:u] for k, m in enumerate(model.modalities)
+    ]
     r = torch.cat([torch.cat(users, 1), torch.cat([branch[m][u:] for m in model.modalities], 1)])
     views = {"r": r, "g": torch.cat([branch["id"]] * num_mod, 1)}
     views.update({m: torch.cat([branch[m]] * num_mod, 1) for m in model.modalities})
@@ -136,5 +138,6 @@ def test_id_tables_hold_every_per_id_parameter(toy: ToyGraph) -> None:
     model = make_mentor(toy)
     tables = {id(p) for p in model.id_tables()}
     for name, p in model.named_parameters():
-        per_id = p.dim() == 2 and p.shape[0] in (toy.num_users, toy.num_items) and "encoders" not in name
+        rows = p.shape[0] in (toy.num_users, toy.num_items)
+        per_id = p.dim() == 2 and rows and "encoders" not in name
         assert (id(p) in tables) == per_id, name

@@ -20,7 +20,9 @@ def make_vbpr(toy: ToyGraph, reg_weight: float = 1e-4) -> VBPR:
     return VBPR(toy.num_users, toy.num_items, dims, embedding_dim=8, reg_weight=reg_weight)
 
 
-def test_items_are_id_vector_plus_one_linear_map_of_the_concatenated_features(toy: ToyGraph) -> None:
+def test_items_are_id_vector_plus_a_linear_map_of_the_concatenated_features(
+    toy: ToyGraph,
+) -> None:
     model = make_vbpr(toy)
     with torch.no_grad():
         emb = model.node_embeddings(toy.full_batch(0, toy.triples(4)))
@@ -79,4 +81,5 @@ def test_refuses_propagation_blocks(toy: ToyGraph) -> None:
 
 def test_id_tables_are_the_free_vectors(toy: ToyGraph) -> None:
     model = make_vbpr(toy)
-    assert {id(p) for p in model.id_tables()} == {id(model.user_embedding), id(model.item_embedding)}
+    expected = {id(model.user_embedding), id(model.item_embedding)}
+    assert {id(p) for p in model.id_tables()} == expected

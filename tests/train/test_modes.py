@@ -37,8 +37,9 @@ def test_sampled_with_all_fanouts_equals_full_graph(parts, model_cfg) -> None:
     num_layers = model_cfg.num_layers
     full = full_graph_batch(graph, item_graph, features, hops, num_layers=num_layers)
     loader = MiniBatchLoader(
-        graph, item_graph, features, mode="sampled", fanouts=["all"] * num_layers, num_layers=num_layers,
-        item_hops=hops, batch_size=64, num_negatives=2, seed=3, prefetch=0, max_steps=3,
+        graph, item_graph, features, mode="sampled", fanouts=["all"] * num_layers,
+        num_layers=num_layers, item_hops=hops, batch_size=64, num_negatives=2, seed=3, prefetch=0,
+        max_steps=3,
     )
     with torch.no_grad():
         reference = model.node_embeddings(full)
