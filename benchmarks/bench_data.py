@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import multiprocessing as mp
-import os
-import platform
 import resource
 import shutil
 import statistics
@@ -31,8 +29,6 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
-
-import psutil
 
 
 @dataclass
@@ -102,20 +98,10 @@ def _clean(work: Path, name: str) -> None:
 
 
 def _machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(
-                line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        pass
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "python": platform.python_version(),
-    }
+    """The harness's machine description (CPU, cores, memory, GPUs, library versions)."""
+    from sea_dist.bench.measure import machine
+
+    return machine()
 
 
 def main() -> None:

@@ -22,12 +22,10 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import platform
 import queue
 import resource
 import statistics
 import sys
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -70,6 +68,7 @@ def _case(spec: dict[str, Any]) -> CaseResult:
     import numpy as np
     import torch
 
+    from sea_dist.bench.measure import eval_throughput
     from sea_dist.eval.evaluator import Evaluator
 
     torch.set_num_threads(spec["threads"])
@@ -90,25 +89,11 @@ def _case(spec: dict[str, Any]) -> CaseResult:
     item_emb = torch.randn(num_items, dim, generator=gen).to(device)
     setup_rss = psutil.Process().memory_info().rss / 2**20
 
-    def run() -> dict[str, float]:
-        metrics = evaluator.evaluate(
-            user_emb, item_emb, "test", users_sample=spec["users_sample"], seed=spec["seed"]
-        )
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        return metrics
-
-    for _ in range(spec["warmup"]):
-        run()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    seconds = []
-    for _ in range(spec["repeat"]):
-        start = time.perf_counter()
-        metrics = run()
-        seconds.append(time.perf_counter() - start)
+    timed = eval_throughput(evaluator, user_emb, item_emb, split="test", warmup=spec["warmup"],
+                            repeats=spec["repeat"], users_sample=spec["users_sample"], seed=spec["seed"])
+    seconds = timed["seconds"]["values"]
     p50 = statistics.median(seconds)
-    evaluated = int(metrics["num_users"])
+    evaluated = timed["users"]
     return CaseResult(
         case=spec["case"],
         num_items=num_items,
@@ -124,8 +109,8 @@ def _case(spec: dict[str, Any]) -> CaseResult:
         setup_rss_mib=setup_rss,
         # ru_maxrss is in KiB on Linux.
         peak_rss_mib=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        cuda_peak_mib=torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
-        recall_at_20=metrics.get("recall@20", float("nan")),
+        cuda_peak_mib=timed["cuda_peak_mib"],
+        recall_at_20=timed["recall@20"] if timed["recall@20"] is not None else float("nan"),
     )
 
 
@@ -154,25 +139,10 @@ def _run_case(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def _machine(device: str) -> dict[str, Any]:
-    import torch
+    """The harness's machine description (CPU, cores, memory, GPUs, library versions)."""
+    from sea_dist.bench.measure import machine
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next(
-                line.split(":", 1)[1].strip() for line in fh if line.startswith("model name")
-            )
-    except (OSError, StopIteration):
-        pass
-    gpu = torch.cuda.get_device_name() if device == "cuda" else None
-    return {
-        "cpu": cpu,
-        "logical_cores": os.cpu_count(),
-        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
-        "gpu": gpu,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-    }
+    return machine()
 
 
 def _ints(text: str) -> list[int]:

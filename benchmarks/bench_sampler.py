@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import resource
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ import psutil
 import pyarrow.csv as pv
 import torch
 
+from sea_dist.bench.measure import machine
 from sea_dist.graph.build import UserItemGraph, build_graph
 from sea_dist.graph.knn import ItemGraph, build_item_graph
 from sea_dist.graph.loader import MiniBatchLoader, gather_rows
@@ -212,8 +212,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     report: dict[str, Any] = {
-        "machine": f"{platform.processor() or platform.machine()}, {psutil.cpu_count()} cores, "
-                   f"{psutil.virtual_memory().total / 2**30:.0f} GiB, no GPU",
+        "machine": machine(),
         "config": {"batch_size": args.batch_size, "fanouts": [10, 10], "num_negatives": 1, "knn_k": 10,
                    "item_hops": 1},
         "datasets": {},

@@ -54,7 +54,7 @@ def _register() -> None:
         importlib.import_module(f"sea_dist.cli.{module}")
 
 
-_COMMAND_MODULES = ("doctor", "data", "train", "evaluate", "jobs")
+_COMMAND_MODULES = ("doctor", "data", "train", "evaluate", "jobs", "bench")
 
 
 _register()

@@ -1,0 +1,253 @@
+"""Bench outputs: ``results.json`` (everything), ``results.md`` (tables), PNG plots.
+
+Every file is written beside its final name and renamed into place, so a reader never sees a
+half-written one; ``results.json`` is written last and marks the bench as finished.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sea_dist.io import atomic_write_text
+
+
+def write_results(out: Path, results: dict[str, Any]) -> None:
+    """Plots, ``results.md``, then ``results.json``."""
+    plots = []
+    if results.get("kind") == "training":
+        plots = _training_plots(out, results)
+    elif results.get("kind") == "stages":
+        plots = _stage_plots(out, results)
+    results["plots"] = plots
+    atomic_write_text(out / "results.md", markdown(results))
+    atomic_write_text(out / "results.json", json.dumps(results, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _fmt(value: Any, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "-"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return str(value)
+
+
+def _ms(s: dict[str, Any], digits: int = 0, scale: float = 1.0) -> str:
+    """``median [min, max]`` of a spread."""
+    if not s or s.get("n", 0) == 0:
+        return "-"
+    return (f"{_fmt(s['median'] * scale, digits)} "
+            f"[{_fmt(s['min'] * scale, digits)}, {_fmt(s['max'] * scale, digits)}]")
+
+
+def _machine_line(m: dict[str, Any]) -> str:
+    gpus = ", ".join(g["name"] for g in m.get("gpus", [])) or "no GPU"
+    v = m.get("versions", {})
+    return (f"{m.get('cpu')}, {m.get('logical_cores')} logical cores, {m.get('memory_gib')} GiB, "
+            f"{gpus}; torch {v.get('torch')}, dgl {v.get('dgl')}, ray {v.get('ray')}, "
+            f"Python {m.get('python')}")
+
+
+def markdown(results: dict[str, Any]) -> str:
+    lines = [
+        f"# Bench: {results['scenario']}{' (quick)' if results.get('quick') else ''}",
+        "",
+        results.get("description", "").strip(),
+        "",
+        f"Machine: {_machine_line(results['machine'])}. Device: {results.get('device')}. "
+        f"Bench wall time {_fmt(results.get('bench_wall_s'), 0)} s.",
+        "",
+    ]
+    if results.get("kind") == "training":
+        lines += _training_markdown(results)
+    else:
+        lines += _stage_markdown(results)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _training_markdown(r: dict[str, Any]) -> list[str]:
+    cfg = r["config"]
+    tp = r["throughput"]
+    lines = [
+        f"Model {cfg['model']}, mode {cfg['mode']}, batch {cfg['batch_size']}, fanouts "
+        f"{cfg['fanouts']}; each figure is the median [min, max] over {tp['repeats']} epochs after "
+        f"{tp['warmup_epochs']} warm-up epoch(s).",
+        "",
+        "## Training throughput",
+        "",
+        "| run | workers | steps/worker | seed edges/s (total) | per worker | epoch s "
+        "| sampling s | data movement s | fwd-bwd s | communication s | optimizer s "
+        "| bytes/step | peak RSS/worker MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for row in tp["runs"]:
+        t = row["time_s"]
+        rss = ", ".join(_fmt(x, 0) for x in row["peak_rss_mb_per_worker"])
+        if row.get("peak_gpu_mb_rank0") is not None:
+            rss += f" (GPU {_fmt(row['peak_gpu_mb_rank0'], 0)})"
+        lines.append(
+            f"| {row['label']} | {row['workers']} | {row['steps_per_worker']} "
+            f"| {_ms(row['edges_per_s_total'])} | {_ms(row['edges_per_s_per_worker'])} "
+            f"| {_ms(row['epoch_time_s'], 2)} | {_fmt(t['sampling']['median'], 2)} "
+            f"| {_fmt(t['data movement']['median'], 3)} | {_fmt(t['forward-backward']['median'], 2)} "
+            f"| {_fmt(t['communication']['median'], 2)} | {_fmt(t['optimizer']['median'], 2)} "
+            f"| {_fmt(row['bytes_per_step']['total']['median'], 0)} | {rss} |"
+        )
+    lines += ["", "## Scaling", "",
+              "| regime | workers | steps/worker | seed edges/s (total) | speedup | efficiency |",
+              "|---|---|---|---|---|---|"]
+    for regime in ("strong", "weak"):
+        s = tp[regime]
+        for w in sorted(s["edges_per_s_total"], key=int):
+            lines.append(
+                f"| {regime} | {w} | {s['steps_per_worker'][w]} | {_fmt(s['edges_per_s_total'][w])} "
+                f"| {_fmt(s['speedup'][w], 2)} | {_fmt(s['efficiency'][w], 2)} |"
+            )
+    lines += ["", "Strong: fixed total steps per epoch shared by the workers; weak: fixed steps per "
+              "worker. Efficiency = (total throughput / that of the fewest workers) / (worker ratio).",
+              "Communication is the row-sparse embedding-gradient sync; DDP's dense all-reduce "
+              "overlaps the backward pass and is counted in forward-backward."]
+    if "sampler" in r:
+        s = r["sampler"]
+        lines += ["", "## Sampler", "",
+                  f"Seed edges/s of the sampled loader alone ({s['threads']} DGL thread(s), batch "
+                  f"{s['batch_size']}, windows of {s['steps_per_window']} batches): "
+                  f"{_ms(s['seed_edges_per_s'])}; mean input nodes per batch "
+                  f"{_fmt(s['mean_input_nodes'])}."]
+    if "eval" in r:
+        e = r["eval"]
+        lines += ["", "## Evaluation", "",
+                  f"Exact full ranking of {e['users']} {e['split']} users against {e['num_items']} "
+                  f"items: {_ms(e['users_per_s'])} users/s "
+                  f"({_ms(e['pairs_per_s'], 1, 1e-6)} M pairs/s), {_ms(e['seconds'], 2)} s per pass."]
+    if "time_to_accuracy" in r:
+        t = r["time_to_accuracy"]
+        lines += ["", "## Time to accuracy", "",
+                  f"Target valid Recall@20 = {_fmt(t['target'], 4)} ({t['target_rule']}); "
+                  f"at most {t['max_epochs']} epochs.", "",
+                  "| run | workers | epochs | median epoch s | best Recall@20 | time to target s |",
+                  "|---|---|---|---|---|---|"]
+        for mode, c in t["runs"].items():
+            lines.append(
+                f"| {mode} ({c['label']}) | {c['workers']} | {len(c['epochs'])} "
+                f"| {_fmt(c['epoch_time_s']['median'], 2)} | {_fmt(c['best_recall@20'], 4)} "
+                f"| {_fmt(c['time_to_target_s'], 1) if c['time_to_target_s'] is not None else 'not reached'} |"
+            )
+        lines += ["", f"Clock: {t['clock']}."]
+    if r.get("plots"):
+        lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in r["plots"])]
+    return lines
+
+
+def _stage_markdown(r: dict[str, Any]) -> list[str]:
+    lines = [r.get("what", ""), "", "| stage | wall s | peak RSS MiB | notes |", "|---|---|---|---|"]
+    for s in r["stages"]:
+        lines.append(f"| {s['stage']} | {_fmt(s['seconds'], 1)} | {_fmt(s['peak_rss_mib'], 0)} | {s.get('notes', '')} |")
+    lines += ["", f"Total: {_fmt(sum(s['seconds'] for s in r['stages']), 0)} s."]
+    if r.get("plots"):
+        lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in r["plots"])]
+    return lines
+
+
+def _save(fig: Any, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _training_plots(out: Path, r: dict[str, Any]) -> list[str]:
+    plt = _pyplot()
+    tp = r["throughput"]
+    by_label = {row["label"]: row for row in tp["runs"]}
+    names = []
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    for regime, marker in (("strong", "o"), ("weak", "s")):
+        s = tp[regime]
+        ws = sorted(s["runs"], key=int)
+        rows = [by_label[s["runs"][w]]["edges_per_s_total"] for w in ws]
+        med = [x["median"] for x in rows]
+        err = [[m - x["min"] for m, x in zip(med, rows)], [x["max"] - m for m, x in zip(med, rows)]]
+        left.errorbar([int(w) for w in ws], med, yerr=err, marker=marker, capsize=3, label=regime)
+        right.plot([int(w) for w in ws], [s["efficiency"][w] for w in ws], marker=marker, label=regime)
+    left.set(xlabel="workers", ylabel="seed edges/s (all workers)", title="Training throughput")
+    right.axhline(1.0, color="grey", lw=0.8, ls="--")
+    right.set(xlabel="workers", ylabel="efficiency", title="Scaling efficiency", ylim=(0, None))
+    for ax in (left, right):
+        ax.set_xticks(r["workers"])
+        ax.legend()
+        ax.grid(alpha=0.3)
+    _save(fig, out / "scaling.png")
+    plt.close(fig)
+    names.append("scaling.png")
+
+    fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(tp["runs"])), 4))
+    labels = [f"{row['workers']}w x {row['steps_per_worker']}" for row in tp["runs"]]
+    bottom = [0.0] * len(labels)
+    for part in ("sampling", "data movement", "forward-backward", "communication", "optimizer"):
+        vals = [row["time_s"][part]["median"] / max(row["steps_per_worker"], 1) * 1e3 for row in tp["runs"]]
+        ax.bar(labels, vals, bottom=bottom, label=part)
+        bottom = [b + v for b, v in zip(bottom, vals)]
+    ax.set(ylabel="ms per step (rank 0, median epoch)", xlabel="workers x steps per worker",
+           title="Time per step")
+    ax.legend(fontsize=8)
+    _save(fig, out / "time_breakdown.png")
+    plt.close(fig)
+    names.append("time_breakdown.png")
+
+    if "time_to_accuracy" in r:
+        t = r["time_to_accuracy"]
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for mode, c in t["runs"].items():
+            ax.plot(c["elapsed_s"], c["recall@20"], marker=".", label=f"{mode}, {c['workers']} worker(s)")
+        if t["target"] is not None and math.isfinite(t["target"]):
+            ax.axhline(t["target"], color="grey", ls="--", lw=0.8, label="target")
+        ax.set(xlabel="training wall time (s)", ylabel="valid Recall@20", title="Time to accuracy")
+        ax.legend()
+        ax.grid(alpha=0.3)
+        _save(fig, out / "time_to_accuracy.png")
+        plt.close(fig)
+        names.append("time_to_accuracy.png")
+    return names
+
+
+def _stage_plots(out: Path, r: dict[str, Any]) -> list[str]:
+    plt = _pyplot()
+    stages = r["stages"]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    names = [s["stage"] for s in stages]
+    left.barh(names, [s["seconds"] for s in stages])
+    left.set(xlabel="wall time (s)", title="Stage time")
+    right.barh(names, [s["peak_rss_mib"] for s in stages])
+    right.set(xlabel="peak RSS (MiB)", title="Stage peak memory")
+    for ax in (left, right):
+        ax.invert_yaxis()
+    _save(fig, out / "stages.png")
+    plt.close(fig)
+    return ["stages.png"]
