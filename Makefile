@@ -1,6 +1,6 @@
 # Two commands set up everything on a fresh clone:
 #   make run   - install what is missing, then train SEA on a generated catalogue on a local Ray cluster
-#   make test  - install what is missing, then run the whole test suite
+#   make test  - install what is missing, then run the test suite (slow tests: make test-slow)
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 RUN_DIR ?= runs/demo
 DATA_DIR ?= runs/data/demo
 
-.PHONY: install run test test-fast doctor clean
+.PHONY: install run test test-slow doctor clean
 
 install: $(STAMP)
 
@@ -31,10 +31,11 @@ run: install
 	@cat $(RUN_DIR)/summary.md
 
 test: install
-	$(BIN)/python -m pytest
-
-test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
+
+# Multi-minute end-to-end runs (killed workers, two-node clusters, benchmark scenarios); CI runs them.
+test-slow: install
+	$(BIN)/python -m pytest -m slow
 
 clean:
 	rm -rf runs .pytest_cache
