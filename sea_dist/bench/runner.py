@@ -293,20 +293,11 @@ def _read_embeddings(path: Path) -> torch.Tensor:
 def _evaluation(cfg: RunCfg, run_dir: Path, scenario: TrainingScenario, device: str) -> dict[str, Any]:
     """Evaluation throughput on a finished run's final embeddings."""
     from sea_dist.data.store import resolve_store
-    from sea_dist.eval.evaluator import Evaluator
+    from sea_dist.train.loop import store_evaluator
 
     spec = scenario.eval
     assert spec is not None
-    store = resolve_store(cfg.data.path, cfg.data.cache_dir)
-    evaluator = Evaluator(
-        store.num_users,
-        store.num_items,
-        train=store.edges(0),
-        splits={"valid": store.edges(1), "test": store.edges(2)},
-        ks=cfg.eval.k,
-        batch_users=cfg.eval.batch_users,
-        device=device,
-    )
+    evaluator = store_evaluator(resolve_store(cfg.data.path, cfg.data.cache_dir), cfg, device)
     users = _read_embeddings(run_dir / "embeddings" / "users.parquet")
     items = _read_embeddings(run_dir / "embeddings" / "items.parquet")
     return {

@@ -81,20 +81,11 @@ def _stage(name: str, spec: dict[str, Any]) -> dict[str, Any]:
 
         store = open_store(work / "imported")
         if name == "knn":
-            from sea_dist.graph.knn import build_item_graph
+            from sea_dist.train.loop import store_item_graph
 
             cfg = _load(spec)
-            modalities = cfg.data.modalities or list(store.modalities)
-            item_graph = build_item_graph(
-                [store.features(m) for m in modalities],
-                first_modality_weight=cfg.graph.first_modality_weight,
-                k=cfg.graph.knn_k,
-                method=cfg.graph.knn_method,
-                exact_max_items=cfg.graph.knn_exact_max_items,
-                # The trainer's cache location and key, so that ``train`` finds this graph.
-                cache_dir=Path(cfg.data.cache_dir) / "knn",
-                cache_key=f"{store.checksum}-{'+'.join(modalities)}",
-            )
+            # The trainer's cache location and key, so that ``train`` finds this graph.
+            item_graph = store_item_graph(store, cfg.data.modalities or list(store.modalities), cfg)
             notes = {"nnz": item_graph.nnz, "modalities": item_graph.info["modalities"]}
         else:
             graph = build_graph(store.num_users, store.num_items, *store.edges(0))

@@ -67,16 +67,36 @@ def prepare_data(cfg: RunCfg) -> TrainingData:
     features = {m: store.features(m) for m in modalities}
     item_graph = None
     if modalities and cfg.graph.item_hops > 0 and cfg.model.name != "lightgcn":
-        item_graph = build_item_graph(
-            [features[m] for m in modalities],
-            first_modality_weight=cfg.graph.first_modality_weight,
-            k=cfg.graph.knn_k,
-            method=cfg.graph.knn_method,
-            exact_max_items=cfg.graph.knn_exact_max_items,
-            cache_dir=Path(cfg.data.cache_dir) / "knn",
-            cache_key=f"{store.checksum}-{'+'.join(modalities)}",
-        )
+        item_graph = store_item_graph(store, modalities, cfg)
     return TrainingData(store, modalities, graph, item_graph, features)
+
+
+def store_item_graph(store: Store, modalities: list[str], cfg: RunCfg) -> ItemGraph:
+    """The item kNN graph of ``store``'s features, cached where every run of it looks."""
+    return build_item_graph(
+        [store.features(m) for m in modalities],
+        first_modality_weight=cfg.graph.first_modality_weight,
+        k=cfg.graph.knn_k,
+        method=cfg.graph.knn_method,
+        exact_max_items=cfg.graph.knn_exact_max_items,
+        cache_dir=Path(cfg.data.cache_dir) / "knn",
+        cache_key=f"{store.checksum}-{'+'.join(modalities)}",
+    )
+
+
+def store_evaluator(
+    store: Store, cfg: RunCfg, device: str | torch.device = "cpu", ks: list[int] | None = None
+) -> Evaluator:
+    """Full-ranking evaluator over ``store``'s valid and test splits, training items masked."""
+    return Evaluator(
+        store.num_users,
+        store.num_items,
+        train=store.edges(0),
+        splits={"valid": store.edges(1), "test": store.edges(2)},
+        ks=ks or cfg.eval.k,
+        batch_users=cfg.eval.batch_users,
+        device=device,
+    )
 
 
 def _world() -> tuple[int, int]:
@@ -166,15 +186,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     full_batch = full_graph_batch(
         data.graph, data.item_graph, data.features, cfg.graph.item_hops, num_layers=cfg.model.num_layers
     ).to(device)
-    evaluator = Evaluator(
-        store.num_users,
-        store.num_items,
-        train=store.edges(0),
-        splits={"valid": store.edges(1), "test": store.edges(2)},
-        ks=cfg.eval.k,
-        batch_users=cfg.eval.batch_users,
-        device=device,
-    )
+    evaluator = store_evaluator(store, cfg, device)
     dims = {m: int(data.features[m].shape[1]) for m in data.modalities}
     labels = resolve_item_labels(cfg.model, store.labels(), data.features)  # SGFD only
     model = build_model(cfg.model, store.num_users, store.num_items, dims, labels).to(device)
@@ -390,14 +402,7 @@ def evaluate_run(
     full_batch = full_graph_batch(
         data.graph, data.item_graph, data.features, cfg.graph.item_hops, num_layers=cfg.model.num_layers
     )
-    evaluator = Evaluator(
-        store.num_users,
-        store.num_items,
-        train=store.edges(0),
-        splits={"valid": store.edges(1), "test": store.edges(2)},
-        ks=ks or cfg.eval.k,
-        batch_users=cfg.eval.batch_users,
-    )
+    evaluator = store_evaluator(store, cfg, ks=ks)
     emb = _full_embeddings(model, full_batch)
     return evaluator.evaluate(
         emb[: store.num_users], emb[store.num_users :], split, users_sample=users_sample, seed=seed
