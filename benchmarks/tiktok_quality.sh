@@ -15,12 +15,12 @@ run() {
 }
 run sea configs/sea.yaml
 run lightgcn configs/lightgcn.yaml
+run sand configs/sand.yaml
 run sea_no_club configs/sea.yaml --set model.distancing=none
 run sea_no_solo configs/sea.yaml --set model.use_solo=false
-run sand configs/sand.yaml
 # Issue 8: VBPR, MENTOR and the SGFD plug-in under the same protocol (MENTOR's own config stops
 # on Recall@10; the table uses one rule for every model).
 run vbpr configs/vbpr.yaml
 run vbpr_sgfd configs/vbpr_sgfd.yaml
-run mentor configs/mentor.yaml --set eval.metric=recall@20
 run sea_sgfd configs/sea_sgfd.yaml
+run mentor configs/mentor.yaml --set eval.metric=recall@20
