@@ -6,6 +6,7 @@ look at configs. Tests parametrize over :func:`registered_models`.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, TypeVar
 
 import numpy as np
@@ -21,6 +22,7 @@ from sea_dist.models.sgfd import SGFD, SGFDParams, kmeans_labels
 from sea_dist.models.vbpr import VBPR
 
 Builder = Callable[..., Recommender]
+_P = TypeVar("_P")
 _B = TypeVar("_B", bound=Builder)
 _BUILDERS: dict[str, Builder] = {}
 
@@ -92,6 +94,11 @@ def resolve_item_labels(
     return kmeans_labels(mats, sgfd.num_clusters, sgfd.kmeans_iters, sgfd.kmeans_seed)
 
 
+def _params(cls: type[_P], cfg: ModelCfg) -> _P:
+    """A model's hyperparameter dataclass, each field taken from the config field of its name."""
+    return cls(**{f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)})
+
+
 @register_model("lightgcn")
 def _lightgcn(
     cfg: LightGCNCfg, num_users: int, num_items: int, feature_dims: dict[str, int]
@@ -106,23 +113,7 @@ def _sea(cfg: SEACfg, num_users: int, num_items: int, feature_dims: dict[str, in
             f"model.name={cfg.name} needs at least two modalities, the data has "
             f"{list(feature_dims) or 'none'} (see data.modalities)"
         )
-    params = SEAParams(
-        embedding_dim=cfg.embedding_dim,
-        num_layers=cfg.num_layers,
-        feature_hidden=cfg.feature_hidden,
-        map_dim=cfg.map_dim,
-        distancing=cfg.distancing,
-        use_solo=cfg.use_solo,
-        alpha=cfg.alpha,
-        tau=cfg.tau,
-        ureg=cfg.ureg,
-        l2_weight=cfg.l2_weight,
-        mi_dim=cfg.mi_dim,
-        club_hidden=cfg.club_hidden,
-        proj_hidden=cfg.proj_hidden,
-        proj_dim=cfg.proj_dim,
-        estimator_cross_modal=cfg.estimator_cross_modal,
-    )
+    params = _params(SEAParams, cfg)
     return SEA(num_users, num_items, feature_dims, params)
 
 
@@ -141,16 +132,5 @@ def _mentor(
 ) -> Recommender:
     if not feature_dims:
         raise ConfigError("model.name=mentor needs at least one modality; the data has none")
-    params = MENTORParams(
-        embedding_dim=cfg.embedding_dim,
-        num_layers=cfg.num_layers,
-        feature_hidden=cfg.feature_hidden,
-        reg_weight=cfg.reg_weight,
-        align_weight=cfg.align_weight,
-        mask_f_weight=cfg.mask_f_weight,
-        mask_g_weight=cfg.mask_g_weight,
-        tau=cfg.tau,
-        dropout=cfg.dropout,
-        noise_eps=cfg.noise_eps,
-    )
+    params = _params(MENTORParams, cfg)
     return MENTOR(num_users, num_items, feature_dims, params)
