@@ -115,6 +115,6 @@ def summary_markdown(report: dict[str, Any]) -> str:
         f"| dense bytes/step | {report.get('dense_bytes_per_step', 0):.0f} |",
         f"| embedding tables (bytes) | {report.get('embedding_table_bytes', 0):.0f} |",
         f"| peak RSS per worker (MB) | {', '.join(f'{m:.0f}' for m in report.get('peak_rss_mb_per_worker', []))} |",
-        f"| wall time (s) | {report.get('wall_time_s')} |",
+        f"| wall time (s) | {report.get('wall_time_s', float('nan')):.1f} |",
     ]
     return "\n".join(lines) + "\n"
