@@ -22,7 +22,6 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import queue
 import resource
 import statistics
 import sys
@@ -119,23 +118,9 @@ def _child(spec: dict[str, Any], results: mp.Queue[dict[str, Any]]) -> None:
 
 
 def _run_case(spec: dict[str, Any]) -> dict[str, Any]:
-    context = mp.get_context("spawn")
-    results: mp.Queue[dict[str, Any]] = context.Queue()
-    process = context.Process(target=_child, args=(spec, results))
-    process.start()
-    # Read before join (a full pipe would block the child's exit), but notice a dead child.
-    while True:
-        try:
-            result = results.get(timeout=5)
-            break
-        except queue.Empty:
-            if not process.is_alive():
-                raise SystemExit(
-                    f"case {spec['case']} ({spec['num_items']} items) "
-                    f"exited with {process.exitcode}"
-                ) from None
-    process.join()
-    return result
+    from sea_dist.bench.measure import run_spawned
+
+    return run_spawned(_child, (spec,), f"case {spec['case']} ({spec['num_items']} items)")
 
 
 def _machine(device: str) -> dict[str, Any]:

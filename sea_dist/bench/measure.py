@@ -12,18 +12,21 @@ what is timed here runs in the benchmark's own process:
 
 from __future__ import annotations
 
+import multiprocessing as mp
 import os
 import platform
+import queue
 import resource
 import time
 from importlib import metadata
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import psutil
 import torch
 
 from sea_dist.bench.stats import spread
+from sea_dist.errors import SeaDistError
 
 
 def peak_rss_mib() -> float:
@@ -174,3 +177,22 @@ def eval_throughput(
         "recall@20": metrics.get("recall@20"),
         "cuda_peak_mib": torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else None,
     }
+
+
+def run_spawned(target: Callable[..., None], args: tuple[Any, ...], what: str) -> dict[str, Any]:
+    """Run ``target(*args, results)`` in a fresh spawned process and return the dict it puts
+    on ``results``; a fresh process makes its peak RSS (``ru_maxrss``) its own."""
+    context = mp.get_context("spawn")
+    results: mp.Queue = context.Queue()
+    process = context.Process(target=target, args=(*args, results), name=what)
+    process.start()
+    # Read before join (a full pipe would block the child's exit), but notice a dead child.
+    while True:
+        try:
+            result = results.get(timeout=5)
+            break
+        except queue.Empty:
+            if not process.is_alive():
+                raise SeaDistError(f"{what} died with exit code {process.exitcode}") from None
+    process.join()
+    return result

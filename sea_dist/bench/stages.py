@@ -29,7 +29,6 @@ import json
 import logging
 import multiprocessing as mp
 import os
-import queue
 import shutil
 import time
 from pathlib import Path
@@ -145,20 +144,10 @@ def _child(name: str, spec: dict[str, Any], results: mp.Queue) -> None:
 
 def run_stage(name: str, spec: dict[str, Any]) -> dict[str, Any]:
     """Run stage ``name`` in a spawned process; its figures plus peak RSS."""
-    context = mp.get_context("spawn")
-    results: mp.Queue = context.Queue()
-    process = context.Process(target=_child, args=(name, spec, results), name=f"stage-{name}")
+    from sea_dist.bench.measure import run_spawned
+
     wall = time.perf_counter()
-    process.start()
-    # Read before join (a full pipe would block the child's exit), but notice a dead child.
-    while True:
-        try:
-            result = results.get(timeout=5)
-            break
-        except queue.Empty:
-            if not process.is_alive():
-                raise SeaDistError(f"stage {name} died with exit code {process.exitcode}") from None
-    process.join()
+    result = run_spawned(_child, (name, spec), f"stage {name}")
     if "error" in result:
         raise SeaDistError(f"stage {name} failed: {result['error']}")
     result.setdefault("process_s", time.perf_counter() - wall)
