@@ -97,14 +97,10 @@ def _clean(work: Path, name: str) -> None:
         shutil.rmtree(work / outputs[name], ignore_errors=True)
 
 
-def _machine() -> dict[str, Any]:
-    """The harness's machine description (CPU, cores, memory, GPUs, library versions)."""
+def main() -> None:
+    # Imported here, not at the top: spawned children re-import this module.
     from sea_dist.bench.measure import machine
 
-    return machine()
-
-
-def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--users", type=int, default=300_000)
     parser.add_argument("--items", type=int, default=100_000)
@@ -173,7 +169,7 @@ def main() -> None:
             in ("users", "items", "interactions", "modalities", "feature_dtype", "seed", "repeat")
         ),
         "params": args,
-        "machine": _machine(),
+        "machine": machine(),
         "disk_bytes": sizes,
         "stages": [asdict(r) for r in results],
     }

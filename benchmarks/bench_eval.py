@@ -123,18 +123,14 @@ def _run_case(spec: dict[str, Any]) -> dict[str, Any]:
     return run_spawned(_child, (spec,), f"case {spec['case']} ({spec['num_items']} items)")
 
 
-def _machine(device: str) -> dict[str, Any]:
-    """The harness's machine description (CPU, cores, memory, GPUs, library versions)."""
-    from sea_dist.bench.measure import machine
-
-    return machine()
-
-
 def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
 def main(argv: list[str] | None = None) -> None:
+    # Imported here, not at the top: spawned children re-import this module.
+    from sea_dist.bench.measure import machine
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--items", type=_ints, default=[10_000, 100_000, 1_000_000])
@@ -203,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
             ["python -m benchmarks.bench_eval", *(sys.argv[1:] if argv is None else argv)]
         ),
         "params": vars(args) | {"out": str(args.out)},
-        "machine": _machine(args.device),
+        "machine": machine(),
         "cases": results,
     }
     atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")

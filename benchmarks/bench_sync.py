@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_eval import _machine
+from sea_dist.bench.measure import machine
 from sea_dist.data.synthetic import generate_store
 from sea_dist.io import atomic_write_text
 
@@ -90,7 +90,7 @@ def main() -> None:
         "command": "python -m benchmarks.bench_sync " + " ".join(sys.argv[1:]),
         "params": {"workers": args.workers, "steps": args.steps, "batch_size": 2048,
                    "fanouts": [10, 10], "model": "lightgcn", "embedding_dim": 64},
-        "machine": _machine("cpu"),
+        "machine": machine(),
         "cases": cases,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
