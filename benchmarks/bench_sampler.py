@@ -37,6 +37,7 @@ import pyarrow.csv as pv
 import torch
 
 from sea_dist.bench.measure import machine
+from sea_dist.io import atomic_write_text
 from sea_dist.graph.build import UserItemGraph, build_graph
 from sea_dist.graph.knn import ItemGraph, build_item_graph
 from sea_dist.graph.loader import MiniBatchLoader, gather_rows
@@ -206,17 +207,19 @@ def main() -> None:
     parser.add_argument("--datasets", nargs="+", default=["baby", "gowalla", "synth-1m"])
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--batch-size", type=int, default=2048)
-    parser.add_argument("--data-dir", type=Path, default=Path("/tmp/sea_bench"))
+    parser.add_argument("--data-dir", type=Path, default=ROOT / "runs" / "bench_sampler")
     parser.add_argument("--ray-share", action="store_true")
     parser.add_argument("--out", type=Path, default=RESULTS / "sampler.json")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    report: dict[str, Any] = {
-        "machine": machine(),
-        "config": {"batch_size": args.batch_size, "fanouts": [10, 10], "num_negatives": 1, "knn_k": 10,
-                   "item_hops": 1},
-        "datasets": {},
-    }
+    config = {"batch_size": args.batch_size, "fanouts": [10, 10], "num_negatives": 1, "knn_k": 10, "item_hops": 1}
+    # Data sets measured earlier on this machine with this config are kept, so that one data
+    # set can be (re)measured alone.
+    report: dict[str, Any] = {"machine": machine(), "config": config, "datasets": {}}
+    if args.out.is_file():
+        earlier = json.loads(args.out.read_text())
+        if earlier.get("config") == config and earlier.get("machine") == report["machine"]:
+            report["datasets"] = earlier["datasets"]
     for name in args.datasets:
         print(f"{name}: loading", flush=True)
         graph, item_graph, features, info = load(name, args.data_dir, args.data_dir / "knn")
@@ -233,9 +236,10 @@ def main() -> None:
             entry["ray_share"] = ray_share(graph)
             print(f"  ray share: {entry['ray_share']}", flush=True)
         entry["peak_rss_mb_so_far"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        entry["measured"] = time.strftime("%Y-%m-%d")
         report["datasets"][name] = entry
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    atomic_write_text(args.out, json.dumps(report, indent=2) + "\n")
     print(f"wrote {args.out}")
 
 

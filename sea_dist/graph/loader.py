@@ -3,17 +3,17 @@
 Flow of one epoch (``set_epoch(e)`` first, for a new shuffle):
 
     seed edges --shuffle(seed, epoch)--> batches of edge ids
-      --prefetch thread: negatives -> output nodes (+ item hop) -> DGL blocks -> feature rows-->
-      bounded queue --> training loop
+      --sampling thread: negatives -> output nodes (+ item hop) -> DGL blocks -> feature rows-->
+      up to ``prefetch`` batches ahead --> training loop
 
-Every step draws its shuffle position and negatives from a ``numpy`` generator seeded by
-``(seed, epoch, step)``, so they are reproducible whatever the prefetch depth. The same seed
-also goes to DGL's neighbour sampler, but DGL adds a per-process thread index to it (its
-generators are per thread), so blocks repeat exactly only when the same thread samples in the
-same order, e.g. a fresh process with ``prefetch=0`` and one sampling thread.
+Every step draws its shuffle position, negatives and DGL's sampling seed from a ``numpy``
+generator seeded by ``(seed, epoch, step)``. Batches are built on one long-lived thread per
+process (see :func:`_sampling_thread`), so with one OpenMP thread they repeat exactly, whatever
+the prefetch depth and across a restart. With several OpenMP threads DGL's per-thread
+generators are numbered in a racy order and blocks may differ from run to run.
 
 Threads: Ray sets ``OMP_NUM_THREADS=1`` in its workers, which would leave DGL's OpenMP
-sampling single-threaded whatever the trainer asks of torch; the prefetch thread therefore
+sampling single-threaded whatever the trainer asks of torch; the sampling thread therefore
 sets DGL's OpenMP thread count to ``num_threads`` (default: ``torch.get_num_threads()`` when the
 loader is built) for its own parallel regions, and leaves torch's settings alone.
 """
@@ -21,9 +21,10 @@ loader is built) for its own parallel regions, and leaves torch's settings alone
 from __future__ import annotations
 
 import math
-import queue
 import threading
+from collections import deque
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Literal
 
 import dgl
@@ -42,7 +43,23 @@ from sea_dist.graph.sampler import (
     sample_negatives,
 )
 
-_DONE = object()
+_SAMPLING_THREAD: ThreadPoolExecutor | None = None
+_SAMPLING_THREAD_LOCK = threading.Lock()
+
+
+def _sampling_thread() -> ThreadPoolExecutor:
+    """The process's one batch-building thread, shared by every loader.
+
+    DGL seeds each OS thread's generator with ``seed + index``, the index counting threads in
+    order of first use. One long-lived thread keeps that index fixed, so blocks depend only on
+    ``(seed, epoch, step)``: the same at any prefetch depth, and the same in a worker restarted
+    from a checkpoint (which builds its first batch at the same point of its set-up).
+    """
+    global _SAMPLING_THREAD
+    with _SAMPLING_THREAD_LOCK:
+        if _SAMPLING_THREAD is None:
+            _SAMPLING_THREAD = ThreadPoolExecutor(max_workers=1, thread_name_prefix="minibatch-sampling")
+        return _SAMPLING_THREAD
 
 
 def gather_rows(features: np.ndarray, rows: np.ndarray) -> torch.Tensor:
@@ -142,7 +159,7 @@ class MiniBatchLoader:
         num_negatives: negatives per seed edge.
         seed: base seed of the shuffle, the negatives and the neighbour sampling.
         seed_edges: edge ids this worker trains on (default: all training edges).
-        prefetch: batches prepared ahead by a background thread; 0 builds them inline.
+        prefetch: batches built ahead while the consumer trains; 0 builds each on demand.
         max_steps: cap on steps per epoch.
         steps_per_epoch: exact steps per epoch, cycling through reshuffled seeds when it asks
             for more than one pass; give every DDP worker the same value so that their
@@ -224,14 +241,25 @@ class MiniBatchLoader:
         return [order[i * self.batch_size : (i + 1) * self.batch_size] for i in range(self._steps)]
 
     def __iter__(self) -> Iterator[MiniBatch]:
-        batches = self.epoch_batches()
-        if self.prefetch == 0:
-            dgl.utils.set_num_threads(self.num_threads)
-            sampler = self._sampler()
-            for step, edge_ids in enumerate(batches):
-                yield self._make(sampler, step, edge_ids)
-            return
-        yield from self._prefetched(batches)
+        todo = enumerate(self.epoch_batches())
+        sampler = self._sampler()
+        thread = _sampling_thread()
+        pending: deque[Future[MiniBatch]] = deque()
+
+        def top_up(depth: int) -> None:
+            while len(pending) < depth and (step := next(todo, None)) is not None:
+                pending.append(thread.submit(self._make, sampler, *step))
+
+        top_up(1)
+        try:
+            while pending:
+                batch = pending.popleft().result()  # re-raises the sampling thread's error
+                top_up(self.prefetch)  # built while the consumer trains on ``batch``
+                yield batch
+                top_up(1)
+        finally:
+            for future in pending:
+                future.cancel()
 
     def _sampler(self) -> BlockSampler | None:
         return BlockSampler(self.graph, self.fanouts) if self.mode == "sampled" else None
@@ -243,48 +271,9 @@ class MiniBatchLoader:
             neg = sample_negatives(self.graph, users, self.num_negatives, rng)
             return self._full.batch(users, self.graph.edge_items(edge_ids), neg)
         assert sampler is not None
+        dgl.utils.set_num_threads(self.num_threads)  # this thread's OpenMP regions only
         dgl.seed(int(rng.integers(1 << 31)))
         batch = sample_batch(self.graph, sampler, self._item_hop, edge_ids, self.num_negatives, rng)
         item_rows = (batch.input_nodes[batch.input_is_item] - self.graph.num_users).numpy()
         batch.item_features = {m: gather_rows(f, item_rows) for m, f in self.features.items()}
         return batch
-
-    def _prefetched(self, batches: list[np.ndarray]) -> Iterator[MiniBatch]:
-        out: queue.Queue = queue.Queue(maxsize=self.prefetch)
-        stop = threading.Event()
-
-        def put(item: object) -> bool:
-            """Block until there is room, unless the consumer has gone."""
-            while not stop.is_set():
-                try:
-                    out.put(item, timeout=0.1)
-                    return True
-                except queue.Full:
-                    continue
-            return False
-
-        def produce() -> None:
-            try:
-                dgl.utils.set_num_threads(self.num_threads)  # this thread's OpenMP regions only
-                sampler = self._sampler()
-                for step, edge_ids in enumerate(batches):
-                    if not put(self._make(sampler, step, edge_ids)):
-                        return
-            except BaseException as exc:  # handed to the consumer, which re-raises it
-                put(exc)
-                return
-            put(_DONE)
-
-        thread = threading.Thread(target=produce, name="minibatch-prefetch", daemon=True)
-        thread.start()
-        try:
-            while True:
-                item = out.get()
-                if item is _DONE:
-                    return
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            stop.set()
-            thread.join()

@@ -90,22 +90,29 @@ def test_full_mode_equals_dense_reference(data):
 
 
 def test_same_seed_same_batches(data):
-    def triples(batch):
-        ids = batch.output_nodes
-        return ids[batch.users], ids[batch.pos_items], ids[batch.neg_items]
-
-    # Shuffle and negatives come from numpy generators: identical with or without prefetch.
-    _, _, inline = make_loader(data, prefetch=0, num_threads=1)
-    _, _, ahead = make_loader(data, prefetch=3, num_threads=1)
-    for a, b in zip(inline, ahead, strict=True):
-        for x, y in zip(triples(a), triples(b)):
-            torch.testing.assert_close(x, y)
-    # Neighbour sampling too, when the same thread samples (DGL seeds per thread, loader.py).
-    _, _, again = make_loader(data, prefetch=0, num_threads=1)
-    for a, b in zip(inline, again, strict=True):
+    def assert_same(a, b):
+        ids_a, ids_b = a.output_nodes, b.output_nodes
+        for key in ("users", "pos_items", "neg_items"):
+            torch.testing.assert_close(ids_a[getattr(a, key)], ids_b[getattr(b, key)])
         torch.testing.assert_close(a.input_nodes, b.input_nodes)
         for x, y in zip(a.blocks, b.blocks, strict=True):
             torch.testing.assert_close(x.adj.to_dense(), y.adj.to_dense())
+
+    # Neighbour sampling included: any prefetch depth gives the same batches.
+    _, _, inline = make_loader(data, prefetch=0, num_threads=1)
+    _, _, ahead = make_loader(data, prefetch=3, num_threads=1)
+    for a, b in zip(inline, ahead, strict=True):
+        assert_same(a, b)
+    # A restarted worker's loader starts at epoch 1: it must replay what epoch 1 gave after 0.
+    inline.set_epoch(1)
+    _, _, restarted = make_loader(data, prefetch=2, num_threads=1)
+    restarted.set_epoch(1)
+    epoch1 = list(restarted)
+    for a, b in zip(inline, epoch1, strict=True):
+        assert_same(a, b)
+    _, _, other_seed = make_loader(data, prefetch=2, num_threads=1, seed=99)
+    other_seed.set_epoch(1)
+    assert any(not torch.equal(a.input_nodes, b.input_nodes) for a, b in zip(other_seed, epoch1))
 
 
 def test_steps_per_epoch_cycles_and_max_steps_caps(data):
