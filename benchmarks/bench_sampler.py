@@ -118,7 +118,7 @@ def time_loader(graph: UserItemGraph, item_graph: ItemGraph | None, features: di
     tick = time.perf_counter()
     for step, batch in enumerate(loader):
         now = time.perf_counter()
-        if step >= 2:  # warm-up: thread start, DGL's id map, page cache
+        if step >= 2:  # warm-up: DGL's id map, page cache
             times.append(now - tick)
             sizes.append({
                 "output_nodes": len(batch.output_nodes),

@@ -4,12 +4,18 @@ Run from the repository root::
 
     python -m benchmarks.quality_table runs/tiktok          # every run directory under it
     python -m benchmarks.quality_table runs/tiktok/sea runs/tiktok/lightgcn
+    python -m benchmarks.quality_table runs/tiktok --seeds  # NAME and NAME_seedN pooled
+
+``--seeds`` pools a run ``NAME`` (the config's seed) with its repeats ``NAME_seed1``,
+``NAME_seed2``, ... and prints each metric's mean and sample standard deviation over them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 from pathlib import Path
 
 from sea_dist.train.run_files import REPORT
@@ -43,10 +49,32 @@ def table(paths: list[Path], ks: tuple[int, ...] = (10, 20)) -> str:
     return "\n".join(lines)
 
 
+def seed_table(paths: list[Path], ks: tuple[int, ...] = (10, 20)) -> str:
+    metrics = [f"{name}@{k}" for k in ks for name in ("recall", "ndcg")]
+    groups: dict[str, list[dict]] = {}
+    for run in _runs(paths):
+        name = re.sub(r"_seed\d+$", "", run.name)
+        groups.setdefault(name, []).append(json.loads((run / REPORT).read_text()))
+    head = ["run", "seeds", *[f"test {m}" for m in metrics], "best epochs"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, reports in groups.items():
+        if len(reports) < 2:
+            continue
+        cells = [name, str(len(reports))]
+        for m in metrics:
+            values = [r["test"][m] for r in reports]
+            cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
+        cells.append(", ".join(str(r["best_epoch"]) for r in reports))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", type=Path, nargs="+", help="run directories or folders of them")
-    print(table(parser.parse_args().paths))
+    parser.add_argument("--seeds", action="store_true", help="pool NAME with NAME_seedN: mean ± std")
+    args = parser.parse_args()
+    print(seed_table(args.paths) if args.seeds else table(args.paths))
 
 
 if __name__ == "__main__":

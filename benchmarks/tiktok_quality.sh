@@ -24,3 +24,8 @@ run vbpr configs/vbpr.yaml
 run vbpr_sgfd configs/vbpr_sgfd.yaml
 run sea_sgfd configs/sea_sgfd.yaml
 run mentor configs/mentor.yaml --set eval.metric=recall@20
+# Seed repeats of the headline pair, for the spread (quality_table --seeds pools them).
+for seed in 1 2; do
+  run "sea_seed$seed" configs/sea.yaml --set train.seed=$seed
+  run "lightgcn_seed$seed" configs/lightgcn.yaml --set train.seed=$seed
+done

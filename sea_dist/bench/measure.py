@@ -4,7 +4,7 @@ The training loop times itself (``time_*_s`` per epoch, see :mod:`sea_dist.train
 what is timed here runs in the benchmark's own process:
 
 - :func:`sampler_throughput`: the sampled-mode :class:`~sea_dist.graph.loader.MiniBatchLoader`
-  alone, inline (no prefetch thread), consumer doing nothing: seed edges per second of the
+  alone, nothing built ahead (prefetch 0), consumer doing nothing: seed edges per second of the
   sampler, blocks and feature gather included.
 - :func:`eval_throughput`: :meth:`~sea_dist.eval.evaluator.Evaluator.evaluate` of given
   embeddings (exact full ranking): users per second and scored pairs per second.

@@ -128,7 +128,7 @@ def test_steps_per_epoch_cycles_and_max_steps_caps(data):
 def test_early_break_and_producer_errors(data):
     _, _, loader = make_loader(data, prefetch=1)
     for _ in loader:
-        break  # the prefetch thread must stop, not hang
+        break  # batches built ahead are dropped; the next epoch starts cleanly
     assert len(list(loader)) == len(loader)
     # Text where numbers belong: the sampling thread fails, the consumer sees its error.
     data.features["m0"] = np.full(data.features["m0"].shape, "x", dtype=object)
