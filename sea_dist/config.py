@@ -153,6 +153,11 @@ class TrainCfg(_Section):
     workers: int = Field(default=1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps_per_epoch: int | None = Field(default=None, ge=1)
+    sampling_threads: int | None = Field(
+        default=None, ge=1,
+        description="DGL sampling threads per worker (default: the worker's CPU share); "
+        "1 makes sampled blocks, and so resumed runs, exactly reproducible",
+    )
     partition: Literal["random", "metis"] = Field(
         default="random", description="how seed edges are assigned to workers"
     )

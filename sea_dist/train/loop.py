@@ -180,6 +180,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         seed=cfg.train.seed + 7919 * rank,
         seed_edges=parts.seed_edges(rank),
         max_steps=cfg.train.max_steps_per_epoch,
+        num_threads=cfg.train.sampling_threads,
         # DDP collectives must line up: every rank takes as many steps as the largest part.
         steps_per_epoch=math.ceil(parts.max_part_edges / cfg.train.batch_size) if world > 1 else None,
     )

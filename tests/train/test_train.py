@@ -56,7 +56,7 @@ def test_lightgcn_sampled_two_workers_sparse_bytes(tmp_path: Path) -> None:
 
 
 def test_sampled_sea_two_workers_is_deterministic(train_store: Path, tmp_path: Path) -> None:
-    sets = (*QUICK, "train.mode=sampled", "train.workers=2", "train.epochs=2")
+    sets = (*QUICK, "train.mode=sampled", "train.workers=2", "train.epochs=2", "train.sampling_threads=1")
     first = run_train(train_store, tmp_path / "a", *sets)
     second = run_train(train_store, tmp_path / "b", *sets)
     assert first["test"] == second["test"]
@@ -66,7 +66,7 @@ def test_sampled_sea_two_workers_is_deterministic(train_store: Path, tmp_path: P
 @pytest.mark.slow
 def test_killed_worker_is_replaced_and_result_matches(train_store: Path, tmp_path: Path) -> None:
     sets = ("train.epochs=4", "train.batch_size=256", "train.lr=1e-3", "model.estimator_steps=2",
-            "train.mode=sampled", "train.workers=2", "train.patience=10")
+            "train.mode=sampled", "train.workers=2", "train.patience=10", "train.sampling_threads=1")
     reference = run_train(train_store, tmp_path / "ref", *sets)
 
     out = tmp_path / "killed"
