@@ -21,52 +21,61 @@ from pathlib import Path
 from sea_dist.train.run_files import REPORT
 
 
-def _runs(paths: list[Path]) -> list[Path]:
-    found = []
+def _reports(paths: list[Path]) -> list[tuple[str, dict]]:
+    """``(run name, report)`` of every finished run in ``paths``, folders expanded in name order."""
+    runs = []
     for path in paths:
         if (path / REPORT).is_file():
-            found.append(path)
+            runs.append(path)
         else:
-            found.extend(sorted(p.parent for p in path.glob(f"*/{REPORT}")))
-    return found
+            runs.extend(sorted(p.parent for p in path.glob(f"*/{REPORT}")))
+    return [(run.name, json.loads((run / REPORT).read_text())) for run in runs]
+
+
+def _metrics(ks: tuple[int, ...]) -> list[str]:
+    return [f"{name}@{k}" for k in ks for name in ("recall", "ndcg")]
+
+
+def _markdown(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cells) + " |" for cells in rows]
+    return "\n".join(lines)
 
 
 def table(paths: list[Path], ks: tuple[int, ...] = (10, 20)) -> str:
-    metrics = [f"{name}@{k}" for k in ks for name in ("recall", "ndcg")]
-    head = ["run", "model", *[f"test {m}" for m in metrics], "best epoch", "epochs", "s/epoch"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for run in _runs(paths):
-        report = json.loads((run / REPORT).read_text())
-        cells = [
-            run.name,
+    metrics = _metrics(ks)
+    rows = [
+        [
+            name,
             report["model"],
             *[f"{report['test'][m]:.4f}" for m in metrics],
             str(report["best_epoch"]),
             str(report["epochs_run"]),
             f"{report['wall_time_s'] / report['epochs_run']:.0f}",
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        for name, report in _reports(paths)
+    ]
+    head = ["run", "model", *[f"test {m}" for m in metrics], "best epoch", "epochs", "s/epoch"]
+    return _markdown(head, rows)
 
 
 def seed_table(paths: list[Path], ks: tuple[int, ...] = (10, 20)) -> str:
-    metrics = [f"{name}@{k}" for k in ks for name in ("recall", "ndcg")]
+    metrics = _metrics(ks)
     groups: dict[str, list[dict]] = {}
-    for run in _runs(paths):
-        name = re.sub(r"_seed\d+$", "", run.name)
-        groups.setdefault(name, []).append(json.loads((run / REPORT).read_text()))
-    head = ["run", "seeds", *[f"test {m}" for m in metrics], "best epochs"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, report in _reports(paths):
+        groups.setdefault(re.sub(r"_seed\d+$", "", name), []).append(report)
+    rows = []
     for name, reports in groups.items():
         if len(reports) < 2:
             continue
-        cells = [name, str(len(reports))]
-        for m in metrics:
-            values = [r["test"][m] for r in reports]
-            cells.append(f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}")
-        cells.append(", ".join(str(r["best_epoch"]) for r in reports))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+        spreads = [[r["test"][m] for r in reports] for m in metrics]
+        rows.append([
+            name,
+            str(len(reports)),
+            *[f"{statistics.mean(v):.4f} ± {statistics.stdev(v):.4f}" for v in spreads],
+            ", ".join(str(r["best_epoch"]) for r in reports),
+        ])
+    return _markdown(["run", "seeds", *[f"test {m}" for m in metrics], "best epochs"], rows)
 
 
 def main() -> None:
