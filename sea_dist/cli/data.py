@@ -3,7 +3,7 @@
     sea-dist data import-mmrec ../shared/data/tiktok runs/data/tiktok
     sea-dist data generate runs/data/demo --users 3000 --items 2000 --interactions 60000 \\
         --modalities image:128,text:96 --seed 0
-    sea-dist data inspect runs/data/demo [--json] [--verify]
+    sea-dist data inspect runs/data/demo [--json] [--verify] [--cache-dir runs/cache]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from sea_dist.cli import app
+from sea_dist.config import DataCfg
 from sea_dist.errors import SeaDistError
 
 data_app = typer.Typer(
@@ -96,17 +97,28 @@ def generate(
 def inspect(
     path: Path = typer.Argument(..., help="Store directory."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON instead of tables."),
-    verify: bool = typer.Option(False, "--verify", help="Also re-hash every file."),
+    verify: bool = typer.Option(
+        False, "--verify", help="Also re-hash every file, and cache the verdict for training."
+    ),
+    cache_dir: Path = typer.Option(
+        Path(DataCfg.model_fields["cache_dir"].default),
+        "--cache-dir",
+        help="Where training caches verdicts (data.cache_dir).",
+    ),
 ) -> None:
     """Counts, density, degree quantiles, splits, cold-start users and items, features."""
     from sea_dist.data.inspect import inspect_store
-    from sea_dist.data.store import open_store, verify_store
+    from sea_dist.data.store import is_verified, open_store, verify_store_cached
 
     store = open_store(path)
     if verify:
-        verify_store(store)
+        verify_store_cached(store, cache_dir, rehash=True)
     stats = inspect_store(store)
-    stats["verified"] = verify
+    # "cached": a training run (or inspect --verify) left a passing verdict for these files.
+    if verify:
+        stats["verified"] = "rehashed"
+    else:
+        stats["verified"] = "cached" if is_verified(store, cache_dir) else "no"
     if as_json:
         typer.echo(json.dumps(stats, indent=2))
     else:
@@ -143,9 +155,8 @@ def _print_tables(stats: dict[str, Any]) -> None:
     for key, value in stats["cold_start"].items():
         overview.add_row(key.replace("_", " "), f"{value:,}")
     overview.add_row("duplicates dropped", str(stats["duplicates"]["dropped"]))
-    overview.add_row(
-        "checksum", stats["checksum"][:16] + ("  (verified)" if stats["verified"] else "")
-    )
+    verified = {"rehashed": "verified now", "cached": "verified before", "no": "not verified"}
+    overview.add_row("checksum", f"{stats['checksum'][:16]}  ({verified[stats['verified']]})")
     console.print(overview)
 
     degrees = Table(title="degree quantiles (all splits)")

@@ -3,7 +3,8 @@
 Readers (:func:`open_store`) check the format version, that every file has a checksum in
 ``meta.json``, and that every file is present and as long as its header says; they do not
 re-hash content on open (a million-item store has gigabytes of features), which
-:func:`verify_store` and ``sea-dist data inspect --verify`` do on request.
+:func:`verify_store` and ``sea-dist data inspect --verify`` do on request, and
+:func:`verify_store_cached` does once per state of the files before training.
 
 Writers go through :func:`write_store`, which builds the store in a temporary sibling
 directory and renames it into place only when everything was written and validated, so a
@@ -20,6 +21,7 @@ import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -45,21 +47,25 @@ from sea_dist.data.schema import (
 )
 from sea_dist.data.validate import require_finite
 from sea_dist.errors import DataError
-from sea_dist.io import atomic_dir
+from sea_dist.io import atomic_dir, atomic_write_text
 
 __all__ = [
     "FORMAT_VERSION",
     "Store",
     "StoreWriter",
+    "is_verified",
     "open_store",
     "resolve_store",
     "verify_store",
+    "verify_store_cached",
     "write_store",
 ]
 
 log = logging.getLogger(__name__)
 
 _HASH_BLOCK = 8 << 20
+# Under a cache directory: one JSON file per passing verdict of verify_store_cached.
+_VERIFIED_DIR = "verified"
 
 
 @dataclass(frozen=True)
@@ -169,6 +175,57 @@ def verify_store(store: Store) -> None:
                 f"{store.path / name}: content does not match its checksum in {META_FILE} "
                 "(file changed or corrupt)"
             )
+
+
+def verify_store_cached(store: Store, cache_dir: str | Path, *, rehash: bool = False) -> None:
+    """Check ``store`` before training: sizes and headers always, content once per file state.
+
+    A passing verdict of :func:`verify_store` is cached in ``<cache_dir>/verified/<key>.json``,
+    keyed by the store's absolute path and each content file's size, ``mtime_ns`` and expected
+    checksum, so a later call on unchanged files hashes nothing. Replacing or touching a file
+    changes its mtime and forces a re-hash; an edit that keeps both size and mtime (``os.utime``)
+    goes unnoticed, the price of not reading gigabytes of features before every run. Nothing is
+    written into the store, which may be a read-only shared data set.
+
+    Args:
+        store: an opened store.
+        cache_dir: where verdicts are cached (the run's ``data.cache_dir``).
+        rehash: hash even if a verdict is cached (``sea-dist data inspect --verify``).
+
+    Raises:
+        DataError: naming the first file whose size, header or content is wrong.
+    """
+    _check_files(store.path, store.meta)
+    # Stat before hashing: a file replaced meanwhile gets a new key, so its verdict is not reused.
+    path, record = _verdict(store, cache_dir)
+    if path.is_file() and not rehash:
+        log.debug("%s: content verified before (%s)", store.path, path)
+        return
+    log.info("verifying the checksums of %s", store.path)
+    verify_store(store)
+    record["verified_at"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record["created_by"] = f"sea-dist {__version__}"
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+
+
+def is_verified(store: Store, cache_dir: str | Path) -> bool:
+    """Whether :func:`verify_store_cached` holds a passing verdict for the files as they are."""
+    return _verdict(store, cache_dir)[0].is_file()
+
+
+def _verdict(store: Store, cache_dir: str | Path) -> tuple[Path, dict[str, Any]]:
+    """The verdict file for the store's current files, and what its key is made of."""
+    files = {}
+    for name in _content_files(store.meta):
+        stat = (store.path / name).stat()
+        files[name] = {
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+            "checksum": store.meta["checksums"][name],
+        }
+    record: dict[str, Any] = {"path": str(store.path.resolve()), "files": files}
+    key = hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
+    return Path(cache_dir) / _VERIFIED_DIR / f"{key}.json", record
 
 
 def resolve_store(path: str | Path, cache_dir: str | Path) -> Store:
