@@ -1,6 +1,6 @@
 """``sea-dist data``: import MMRec data sets, generate synthetic catalogues, inspect stores.
 
-    sea-dist data import-mmrec ../shared/data/tiktok runs/data/tiktok
+    sea-dist data import-mmrec ../shared/data/tiktok runs/data/tiktok [--remap-ids]
     sea-dist data generate runs/data/demo --users 3000 --items 2000 --interactions 60000 \\
         --modalities image:128,text:96 --seed 0
     sea-dist data inspect runs/data/demo [--json] [--verify] [--cache-dir runs/cache]
@@ -39,6 +39,11 @@ def import_mmrec_cmd(
     duplicates: str = typer.Option(
         "error", "--duplicates", help="Duplicate (user, item) rows: 'error' or 'keep-first'."
     ),
+    remap_ids: bool = typer.Option(
+        False,
+        "--remap-ids",
+        help="Compact sparse user and item ids to 0..n-1 (maps in user_ids/item_ids.parquet).",
+    ),
 ) -> None:
     """Import an MMRec atomic-file data set into a store."""
     from sea_dist.data.mmrec import import_mmrec
@@ -46,7 +51,13 @@ def import_mmrec_cmd(
     if duplicates not in ("error", "keep-first"):
         raise SeaDistError(f"--duplicates must be 'error' or 'keep-first', got {duplicates!r}")
     mapping = _parse_pairs(modality, "=", "--modality", "NAME=FILE") if modality else None
-    store = import_mmrec(src, out, mapping, duplicates=duplicates)  # type: ignore[arg-type]
+    store = import_mmrec(
+        src,
+        out,
+        mapping,
+        duplicates=duplicates,  # type: ignore[arg-type]
+        remap_ids=remap_ids,
+    )
     typer.echo(
         f"wrote {store.path}: {store.num_users} users, {store.num_items} items, "
         f"{store.meta['num_interactions']} interactions"
@@ -155,6 +166,7 @@ def _print_tables(stats: dict[str, Any]) -> None:
     for key, value in stats["cold_start"].items():
         overview.add_row(key.replace("_", " "), f"{value:,}")
     overview.add_row("duplicates dropped", str(stats["duplicates"]["dropped"]))
+    overview.add_row("ids", "compacted (--remap-ids)" if stats["id_maps"] else "as in the source")
     verified = {"rehashed": "verified now", "cached": "verified before", "no": "not verified"}
     overview.add_row("checksum", f"{stats['checksum'][:16]}  ({verified[stats['verified']]})")
     console.print(overview)

@@ -56,6 +56,7 @@ def inspect_store(store: Store) -> dict[str, Any]:
             "eval_rows_with_untrained_item": int((item_train[items[evaluated]] == 0).sum()),
         },
         "duplicates": store.meta["duplicates"],
+        "id_maps": store.meta.get("id_maps"),
         "features": {name: _feature_stats(store, name) for name in store.modalities},
         "labels": _label_stats(store),
         "checksum": store.checksum,

@@ -7,7 +7,18 @@ per modality whose row ``k`` belongs to ``itemID == k``. By default every ``*_fe
 modality named by its prefix (``image_feat.npy`` -> ``image``), in alphabetical order.
 
 Item count: ``max(itemID) + 1`` (MMRec's own convention); every feature matrix must have
-exactly that many rows. Users likewise number ``max(userID) + 1``.
+exactly that many rows. Users likewise number ``max(userID) + 1``. Ids are expected to be
+dense: an id implying more users (or, without feature matrices, items) than
+:func:`max_implied_ids` allows is refused, and ids without any interaction (gaps) are
+reported in a warning.
+
+Sparse ids: with ``remap_ids=True`` the user and item ids are compacted to ``0 .. n-1`` in
+ascending order of the original id, and the maps are written to ``user_ids.parquet`` and
+``item_ids.parquet`` (columns ``original_id``, ``id``; RecBole's convention). Apart from the
+bound, the source is validated as without remapping: original ids must fit int32, and
+feature matrices and ``.item`` must cover ``max(itemID) + 1`` items. Feature rows and labels
+then follow the items (row ``j`` of the store is source row ``original_id[j]``), and items
+without any interaction are dropped with their feature rows, as RecBole drops them.
 
 Duplicate (user, item) pairs: rejected by default (``duplicates="error"``), naming the
 repeating line and the line it repeats. With ``duplicates="keep-first"`` the first occurrence
@@ -46,6 +57,7 @@ from sea_dist.data.schema import (
 )
 from sea_dist.data.store import Store, open_store, write_store
 from sea_dist.data.validate import (
+    Where,
     duplicate_rows,
     float_column,
     integer_column,
@@ -71,12 +83,30 @@ _REQUIRED = ("userID", "itemID", "x_label")
 _FEATURE_SUFFIX = "_feat.npy"
 _BLOCK_ROWS = 1 << 16
 
+MAX_IDS_PER_ROW = 2
+"""How many ids each interaction row may imply; see :func:`max_implied_ids`.
+
+Every id up to the largest becomes an embedding row and an entry of per-user arrays, so one
+stray id such as 2**31-1 would make a store of two billion users. With dense ids every user
+and item has at least one row (``max id + 1 <= rows``); twice that leaves room for ids whose
+rows a subsample removed, while still refusing ids that are sparse by construction.
+"""
+
+MIN_ID_BOUND = 1024
+"""The bound for files with few rows, which may leave a few gaps: 1024 ids cost nothing."""
+
+
+def max_implied_ids(num_rows: int) -> int:
+    """The largest ``max id + 1`` accepted from ``num_rows`` interaction rows without a remap."""
+    return max(MAX_IDS_PER_ROW * num_rows, MIN_ID_BOUND)
+
 
 def import_mmrec(
     src: str | Path,
     out: str | Path,
     modalities: dict[str, str] | None = None,
     duplicates: Duplicates = "error",
+    remap_ids: bool = False,
 ) -> Store:
     """Read the MMRec directory ``src`` and write a store at ``out``.
 
@@ -86,6 +116,7 @@ def import_mmrec(
         modalities: modality name -> feature file name inside ``src``; default: every
             ``*_feat.npy``, named by its prefix.
         duplicates: ``"error"`` or ``"keep-first"`` (see the module docstring).
+        remap_ids: compact sparse user and item ids (see the module docstring).
 
     Returns:
         The opened store.
@@ -107,27 +138,50 @@ def import_mmrec(
         "inter": inter_path.name,
         "features": {name: p.name for name, p in feature_paths.items()},
     }
+    # Feature matrices fix the item count (row k is item k): their row check bounds item ids.
+    bounded = () if remap_ids else ("userID",) if feature_paths else ("userID", "itemID")
     with write_store(out, source, str(inter_path)) as writer:
-        columns, dropped = _read_interactions(inter_path, duplicates)
+        columns, dropped = _read_interactions(inter_path, duplicates, bounded)
         writer.duplicates = {"policy": duplicates, "dropped": dropped}
         num_users = int(columns[USER_ID].max()) + 1
-        num_items = int(columns[ITEM_ID].max()) + 1
+        source_items = int(columns[ITEM_ID].max()) + 1
         headers = {}
         for name, path in feature_paths.items():
             headers[name] = npyio.read_header(path)
-            npyio.check_matrix(path, headers[name], num_items)
+            npyio.check_matrix(path, headers[name], source_items)
+        kept_items: np.ndarray | None = None  # source rows of the store's items, if remapped
+        if remap_ids:
+            user_ids, columns[USER_ID] = _compact(columns[USER_ID])
+            kept_items, columns[ITEM_ID] = _compact(columns[ITEM_ID])
+            writer.add_id_map("users", user_ids)
+            writer.add_id_map("items", kept_items)
+            log.info(
+                "%s: compacted %d user ids (largest %d) and %d item ids (largest %d)",
+                inter_path,
+                len(user_ids),
+                user_ids[-1],
+                len(kept_items),
+                kept_items[-1],
+            )
+            num_users, num_items = len(user_ids), len(kept_items)
+        else:
+            _warn_about_gaps(inter_path, columns, num_users, source_items)
+            num_items = source_items
         writer.append_interactions(columns)
         del columns
         for name, path in feature_paths.items():
             header = headers[name]
             dtype = "float32" if header.dtype.name == "float64" else header.dtype.name
             blocks = npyio.iter_rows(path, header, _BLOCK_ROWS)
-            writer.add_features(name, blocks, (header.shape[0], header.shape[1]), dtype, str(path))
+            writer.add_features(
+                name, blocks, (header.shape[0], header.shape[1]), dtype, str(path), kept_items
+            )
         item_path = inter_path.with_suffix(".item")
         if item_path.is_file():
-            parsed = _read_item_labels(item_path, num_items)
+            parsed = _read_item_labels(item_path, source_items)
             if parsed is not None:
-                writer.set_labels(parsed[0], parsed[1], str(item_path))
+                labels = parsed[0] if kept_items is None else parsed[0][kept_items]
+                writer.set_labels(labels, parsed[1], str(item_path))
         writer.finish(num_users, num_items)
     return open_store(out)
 
@@ -194,8 +248,13 @@ def _feature_files(src: Path, modalities: dict[str, str] | None) -> dict[str, Pa
     return paths
 
 
-def _read_interactions(path: Path, duplicates: Duplicates) -> tuple[dict[str, np.ndarray], int]:
-    """Read and validate ``path``; return store columns (compact dtypes) and rows dropped."""
+def _read_interactions(
+    path: Path, duplicates: Duplicates, bounded: tuple[str, ...]
+) -> tuple[dict[str, np.ndarray], int]:
+    """Read and validate ``path``; return store columns (compact dtypes) and rows dropped.
+
+    ``bounded`` names the id columns held to :func:`max_implied_ids`.
+    """
     table = _read_tsv(path)
     names = [_base_name(n) for n in table.column_names]
     for name in names:
@@ -221,6 +280,9 @@ def _read_interactions(path: Path, duplicates: Duplicates) -> tuple[dict[str, np
     require_nonnegative(items, "itemID", where)
     labels = integer_column(table["x_label"], "x_label", where)
     require_in(labels, (0, 1, 2), "x_label", where)
+    for name, ids, noun in (("userID", users, "users"), ("itemID", items, "items")):
+        if name in bounded:
+            _require_id_bound(ids, name, noun, where)
     columns = {USER_ID: users, ITEM_ID: items}
     if "rating" in names:
         columns[RATING] = float_column(table["rating"], "rating", where).astype(np.float32)
@@ -252,6 +314,39 @@ def _read_interactions(path: Path, duplicates: Duplicates) -> tuple[dict[str, np
     columns[ITEM_ID] = columns[ITEM_ID].astype(np.int32)
     ordered = [c for c in _COLUMNS.values() if c in columns]
     return {name: columns[name] for name in ordered}, dropped
+
+
+def _require_id_bound(ids: np.ndarray, name: str, noun: str, where: Where) -> None:
+    bound = max_implied_ids(len(ids))
+    row = int(np.argmax(ids))
+    if ids[row] + 1 > bound:
+        raise DataError(
+            f"{where(row)}: column {name}: id {ids[row]} implies {ids[row] + 1} {noun}, over the "
+            f"bound of {bound} (max({MAX_IDS_PER_ROW} x {len(ids)} rows, {MIN_ID_BOUND})); "
+            "pass --remap-ids to compact sparse ids"
+        )
+
+
+def _compact(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(originals, compact)``: the distinct ids ascending, and each row's index among them."""
+    originals, compact = np.unique(ids, return_inverse=True)
+    return originals, compact.astype(np.int32)
+
+
+def _warn_about_gaps(
+    path: Path, columns: dict[str, np.ndarray], num_users: int, num_items: int
+) -> None:
+    idle = []
+    for name, count, noun in ((USER_ID, num_users, "users"), (ITEM_ID, num_items, "items")):
+        without = count - np.count_nonzero(np.bincount(columns[name], minlength=count))
+        if without:
+            idle.append(f"{without} of {count} {noun}")
+    if idle:
+        log.warning(
+            "%s: %s have no interaction (ids are gapped; --remap-ids compacts them)",
+            path,
+            " and ".join(idle),
+        )
 
 
 def _read_tsv(path: Path, as_text: bool = False) -> pa.Table:

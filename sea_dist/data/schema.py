@@ -8,6 +8,9 @@ A store is a directory::
     features/<name>.npy    one [num_items, width] float16/float32 matrix per modality,
                            row k = item k, read memory-mapped
     labels.npy             optional [num_items] int16 item categories (e.g. ml-100k genres)
+    user_ids.parquet       optional, with item_ids.parquet: original_id int64, id int32, one
+    item_ids.parquet       row per id in ascending order of both, when the importer compacted
+                           the source's ids (meta.json key id_maps; RecBole's layout)
 
 User ids are ``0 .. num_users-1`` and item ids ``0 .. num_items-1``; an id may have no
 interaction (a cold-start user or item). ``split`` is 0 = train, 1 = valid, 2 = test.
@@ -23,6 +26,8 @@ META_FILE = "meta.json"
 INTERACTIONS_FILE = "interactions.parquet"
 FEATURES_DIR = "features"
 LABELS_FILE = "labels.npy"
+ID_MAP_FILES = {"users": "user_ids.parquet", "items": "item_ids.parquet"}
+ORIGINAL_ID = "original_id"
 
 USER_ID = "user_id"
 ITEM_ID = "item_id"
@@ -63,6 +68,11 @@ REQUIRED_META_KEYS = (
 def interactions_schema(columns: list[str]) -> pa.Schema:
     """The Arrow schema of ``interactions.parquet`` with the given columns, in store order."""
     return pa.schema([(name, COLUMN_TYPES[name]) for name in COLUMN_TYPES if name in columns])
+
+
+def id_map_schema() -> pa.Schema:
+    """The Arrow schema of ``user_ids.parquet`` and ``item_ids.parquet``."""
+    return pa.schema([(ORIGINAL_ID, pa.int64()), ("id", pa.int32())])
 
 
 def feature_file(modality: str) -> str:

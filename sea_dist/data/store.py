@@ -34,15 +34,18 @@ from sea_dist import __version__
 from sea_dist.data import npyio
 from sea_dist.data.schema import (
     FORMAT_VERSION,
+    ID_MAP_FILES,
     INTERACTIONS_FILE,
     ITEM_ID,
     LABELS_FILE,
     META_FILE,
+    ORIGINAL_ID,
     REQUIRED_META_KEYS,
     SPLIT,
     SPLIT_NAMES,
     USER_ID,
     feature_file,
+    id_map_schema,
     interactions_schema,
 )
 from sea_dist.data.validate import require_finite
@@ -291,6 +294,7 @@ class StoreWriter:
         self._max_ids = [-1, -1]
         self._modalities: dict[str, dict[str, Any]] = {}
         self._labels: dict[str, Any] | None = None
+        self._id_maps: dict[str, dict[str, Any]] = {}
 
     def append_interactions(self, columns: dict[str, np.ndarray]) -> None:
         """Append rows given as arrays by store column name (ids already validated)."""
@@ -319,27 +323,52 @@ class StoreWriter:
         shape: tuple[int, int],
         dtype: str,
         source: str,
+        rows: np.ndarray | None = None,
     ) -> None:
-        """Write modality ``name`` from row blocks, rejecting NaN/Inf (named after ``source``)."""
+        """Write modality ``name`` from row blocks, rejecting NaN/Inf (named after ``source``).
+
+        Args:
+            shape: the shape of the matrix ``blocks`` yield.
+            rows: the rows to keep, ascending (the items left after an id remap); default all.
+                Every row is validated, and errors name rows of the source.
+        """
         path = self.root / feature_file(name)
         path.parent.mkdir(exist_ok=True)
-        with npyio.NpyWriter(path, shape[0], shape[1], dtype) as out:
+        num_rows = shape[0] if rows is None else len(rows)
+        start = 0
+        with npyio.NpyWriter(path, num_rows, shape[1], dtype) as out:
             for block in blocks:
-                require_finite(block, out.rows_written, source)
+                require_finite(block, start, source)
                 cast = block.astype(dtype, copy=False)
                 if cast.dtype != block.dtype and not np.isfinite(cast).all():
                     row, col = np.argwhere(~np.isfinite(cast))[0]
                     raise DataError(
-                        f"{source}: row {out.rows_written + int(row)}, column {int(col)}: "
+                        f"{source}: row {start + int(row)}, column {int(col)}: "
                         f"value {block[row, col]} overflows {dtype}"
                     )
+                if rows is not None:
+                    lo, hi = np.searchsorted(rows, [start, start + len(block)])
+                    cast = cast[rows[lo:hi] - start]
                 out.write(cast)
+                start += len(block)
         self._modalities[name] = {"file": feature_file(name), "width": shape[1], "dtype": dtype}
 
     def set_labels(self, labels: np.ndarray, names: list[str], source: str) -> None:
         """Per-item category ids ``0 .. len(names)-1`` (``-1`` = unknown)."""
         np.save(self.root / LABELS_FILE, labels.astype(np.int16))
         self._labels = {"file": LABELS_FILE, "names": names, "source": source}
+
+    def add_id_map(self, kind: str, original_ids: np.ndarray) -> None:
+        """Record that id ``k`` of ``kind`` (``"users"`` or ``"items"``) is ``original_ids[k]``."""
+        table = pa.table(
+            {
+                ORIGINAL_ID: pa.array(original_ids, pa.int64()),
+                "id": pa.array(np.arange(len(original_ids)), pa.int32()),
+            },
+            schema=id_map_schema(),
+        )
+        pq.write_table(table, self.root / ID_MAP_FILES[kind], compression="zstd")
+        self._id_maps[kind] = {"file": ID_MAP_FILES[kind]}
 
     def finish(self, num_users: int, num_items: int) -> None:
         """Check the whole, hash every file and write ``meta.json``.
@@ -364,6 +393,7 @@ class StoreWriter:
             "splits": dict(zip(SPLIT_NAMES, map(int, self._split_counts), strict=True)),
             "modalities": self._modalities,
             "labels": self._labels,
+            "id_maps": self._id_maps or None,
             "duplicates": self.duplicates,
             "source": self.source,
             "created_by": f"sea-dist {__version__}",
@@ -409,6 +439,8 @@ def _content_files(meta: dict[str, Any]) -> list[str]:
     files += [info["file"] for info in meta["modalities"].values()]
     if meta.get("labels"):
         files.append(meta["labels"]["file"])
+    # Older stores have no id_maps key: their ids are the source's.
+    files += [info["file"] for info in (meta.get("id_maps") or {}).values()]
     return files
 
 
@@ -422,7 +454,9 @@ def _check_files(path: Path, meta: dict[str, Any]) -> dict[str, int]:
             raise DataError(f"{path / META_FILE}: key checksums[{name!r}] is missing")
         if not (path / name).is_file():
             raise DataError(f"{path / name}: file listed in {META_FILE} is missing")
-    _check_interactions_file(path / INTERACTIONS_FILE, meta["num_interactions"])
+    _check_parquet_rows(path / INTERACTIONS_FILE, meta["num_interactions"], "num_interactions")
+    for kind, info in (meta.get("id_maps") or {}).items():
+        _check_parquet_rows(path / info["file"], meta[f"num_{kind}"], f"num_{kind}")
     modalities: dict[str, int] = {}
     for name, info in meta["modalities"].items():
         header = npyio.read_header(path / info["file"])
@@ -443,13 +477,12 @@ def _check_files(path: Path, meta: dict[str, Any]) -> dict[str, int]:
     return modalities
 
 
-def _check_interactions_file(path: Path, num_rows: int) -> None:
+def _check_parquet_rows(path: Path, num_rows: int, key: str) -> None:
     try:
         metadata = pq.read_metadata(path)
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet file ({exc})") from None
     if metadata.num_rows != num_rows:
         raise DataError(
-            f"{path}: has {metadata.num_rows} rows, "
-            f"{META_FILE} key num_interactions says {num_rows}"
+            f"{path}: has {metadata.num_rows} rows, {META_FILE} key {key} says {num_rows}"
         )

@@ -113,6 +113,14 @@ def _all_labels(label: int) -> Callable[[Path], None]:
     )
 
 
+def _without_features(mutate: Callable[[Path], None]) -> Callable[[Path], None]:
+    def without(directory: Path) -> None:
+        (directory / "image_feat.npy").unlink()
+        mutate(directory)
+
+    return without
+
+
 def _late_bad_value(directory: Path) -> None:
     # Past the CSV reader's first block, from which it infers column types, the bad value
     # surfaces as a conversion error without a row number; the importer must still name it.
@@ -151,6 +159,24 @@ BAD_INPUTS = [
         "negative id",
         _replace_row(4, "-1\t1\t0"),
         r"toy\.inter: line 6: column userID: negative id -1",
+    ),
+    (
+        # Without the bound the store would claim 2**31 users and inspect would die allocating.
+        "absurd user id",
+        _replace_row(11, "2147483647\t4\t0"),
+        r"toy\.inter: line 13: column userID: id 2147483647 implies 2147483648 users, over the "
+        r"bound of 1024 \(max\(2 x 12 rows, 1024\)\); pass --remap-ids to compact sparse ids$",
+    ),
+    (
+        "absurd item id, no features",
+        _without_features(_replace_row(2, "0\t5000\t1")),
+        r"toy\.inter: line 4: column itemID: id 5000 implies 5001 items, over the bound of 1024 ",
+    ),
+    (
+        # The feature matrix, whose row k is item k, bounds item ids.
+        "absurd item id, features",
+        _replace_row(2, "0\t5000\t1"),
+        r"image_feat\.npy: has 6 rows but the interactions name 5001 items",
     ),
     (
         "label out of range",

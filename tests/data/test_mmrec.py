@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from sea_dist.cli import main
@@ -64,6 +65,20 @@ def test_tiktok_features_are_copied_exactly(tmp_path: Path) -> None:
         "sha256:d45a44a9d462f578802de914c2feea5cfd45742b2922775a085b9bdc1beba26f"
     )
     assert store.labels() is None
+
+
+@needs_shared
+def test_remap_ids_is_the_identity_on_dense_ids(tmp_path: Path) -> None:
+    plain = import_mmrec(SHARED / "tiktok", tmp_path / "plain")
+    remapped = import_mmrec(SHARED / "tiktok", tmp_path / "remapped", remap_ids=True)
+    assert plain.meta["id_maps"] is None
+    assert remapped.interactions().equals(plain.interactions())
+    checksums = dict(remapped.meta["checksums"])
+    for kind, count in (("user", 9308), ("item", 6710)):
+        checksums.pop(f"{kind}_ids.parquet")
+        ids = pq.read_table(remapped.path / f"{kind}_ids.parquet")
+        assert ids["original_id"].to_pylist() == ids["id"].to_pylist() == list(range(count))
+    assert checksums == plain.meta["checksums"]  # features copied row for row
 
 
 @needs_shared
