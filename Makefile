@@ -13,22 +13,26 @@ DATA_DIR ?= runs/data/demo
 
 install: $(STAMP)
 
+# pip's output goes to a log: on success the install is silent, on failure its tail is shown.
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@echo "installing sea-dist and its pinned stack into $(VENV) (log: $(VENV)/install.log)"
+	@$(BIN)/python -m pip install -e '.[dev]' > $(VENV)/install.log 2>&1 \
+		|| { tail -n 30 $(VENV)/install.log; exit 1; }
 	@touch $(STAMP)
 
 doctor: install
-	$(BIN)/sea-dist doctor
+	@$(BIN)/sea-dist doctor
 
+# The run prints the doctor's lines, the data table, one progress bar and the run's summary.
 run: install
-	$(BIN)/sea-dist doctor
-	@test -f $(DATA_DIR)/meta.json || $(BIN)/sea-dist data generate $(DATA_DIR) \
-		--users 3000 --items 2000 --interactions 60000 --modalities image:128,text:96 --seed 0
-	$(BIN)/sea-dist data inspect $(DATA_DIR)
-	rm -rf $(RUN_DIR)
-	$(BIN)/sea-dist train --config configs/demo.yaml --output $(RUN_DIR)
-	@cat $(RUN_DIR)/summary.md
+	@$(BIN)/sea-dist doctor
+	@test -f $(DATA_DIR)/meta.json || $(BIN)/sea-dist data generate $(DATA_DIR) --no-progress \
+		--users 3000 --items 2000 --interactions 60000 --modalities image:128,text:96 --seed 0 \
+		> /dev/null
+	@$(BIN)/sea-dist data inspect $(DATA_DIR)
+	@rm -rf $(RUN_DIR)
+	@$(BIN)/sea-dist train --config configs/demo.yaml --output $(RUN_DIR)
 
 test: install
 	$(BIN)/python -m pytest -m "not slow"

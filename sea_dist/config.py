@@ -195,11 +195,20 @@ class RunCfg(_Section):
     eval: EvalCfg = Field(default_factory=EvalCfg)
 
     @model_validator(mode="after")
-    def _layers_match_fanouts(self) -> RunCfg:
-        if self.train.mode == "sampled" and len(self.train.fanouts) != self.model.num_layers:
+    def _sampled_mode_rules(self) -> RunCfg:
+        # Checked here, at load, so that the driver refuses them before Ray starts a worker.
+        if self.train.mode != "sampled":
+            return self
+        if len(self.train.fanouts) != self.model.num_layers:
             raise ValueError(
                 f"train.fanouts has {len(self.train.fanouts)} entries but model.num_layers is "
                 f"{self.model.num_layers}"
+            )
+        if self.train.weight_decay > 0:
+            # Every model has ID tables, and sampled mode trains them with SparseAdam.
+            raise ValueError(
+                "train.weight_decay must be 0 in sampled mode (its row-sparse ID tables train "
+                "with SparseAdam, which has no weight decay)"
             )
         return self
 
@@ -293,18 +302,25 @@ def validate_config(raw: dict[str, Any], source: str, overrides: dict[str, str] 
     except ValidationError as exc:
         err = exc.errors()[0]
         key = _error_path(tuple(err["loc"]), raw)
-        origin = source
-        for path, text in overrides.items():
-            if key == path or key.startswith(path + ".") or path.startswith(key + "."):
-                origin = f"--set {text}"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
         elif err["type"] == "missing":
             msg = "required key is missing"
-        elif "input" in err and err["type"] not in ("value_error",):
+        elif err["type"] == "union_tag_invalid":
+            key = f"{key}.name"
+            msg = f"unknown model {err['ctx']['tag']!r} (known: {', '.join(MODEL_NAMES)})"
+        elif err["type"] == "value_error":
+            msg = msg.removeprefix("Value error, ")
+        elif "input" in err:
             msg = f"{msg} (got {err['input']!r})"
-        raise ConfigError(f"{origin}: {key}: {msg}") from None
+        origin = source
+        for path, text in overrides.items():
+            mentioned = not err["loc"] and path in msg  # a cross-section rule names its keys
+            if mentioned or key == path or key.startswith(path + ".") or path.startswith(key + "."):
+                origin = f"--set {text}"
+        where = f"{key}: " if err["loc"] else ""
+        raise ConfigError(f"{origin}: {where}{msg}") from None
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> RunCfg:

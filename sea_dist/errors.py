@@ -1,4 +1,9 @@
-"""User-facing errors: the CLI prints their message on one line and exits non-zero."""
+"""User-facing errors: the CLI prints their message on one line and exits non-zero.
+
+Every :class:`SeaDistError` is one that no retry can fix (a wrong key, a corrupt file, a
+diverged model): raised inside a Ray Train worker it ends the run at once instead of being
+retried like a lost node (see ``train/trainer.py``).
+"""
 
 
 class SeaDistError(Exception):
@@ -13,3 +18,11 @@ class ConfigError(SeaDistError):
 
 class DataError(SeaDistError):
     """Invalid or corrupt input data; the message names the file and the row, column or key."""
+
+
+class CheckpointError(SeaDistError):
+    """A checkpoint file that is unreadable or holds more than tensors and plain values."""
+
+
+class DivergenceError(SeaDistError):
+    """Training produced non-finite losses or embeddings; resuming would diverge again."""

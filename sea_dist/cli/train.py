@@ -24,16 +24,33 @@ def train(
         None, "--address", help="Join this Ray cluster (default: start a local one)."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="No progress bar."),
+    as_json: bool = typer.Option(
+        False, "--json", help="End with best epoch and metrics as JSON instead of the summary."
+    ),
+    resume_with_changes: bool = typer.Option(
+        False,
+        "--resume-with-changes",
+        help="Resume an interrupted run even though the config differs (recorded in the run dir).",
+    ),
 ) -> None:
     """Train a model; writes report.json, metrics, checkpoints and embeddings to the run dir."""
     if not address and not os.environ.get("RAY_ADDRESS"):
         # A local cluster is one node: keep every Ray service on 127.0.0.1 rather than the
         # machine's interface address (Ray's switch for this is named after Windows/OSX).
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from sea_dist.train.run_files import summary_markdown
     from sea_dist.train.trainer import run_training
 
     cfg = load_config(config, overrides)
     report = run_training(
-        cfg, output or f"runs/{cfg.model.name}", workers=workers, address=address, progress=not quiet
+        cfg,
+        output or f"runs/{cfg.model.name}",
+        workers=workers,
+        address=address,
+        progress=not quiet,
+        resume_with_changes=resume_with_changes,
     )
-    typer.echo(json.dumps({k: report[k] for k in ("best_epoch", "valid", "test")}, indent=2))
+    if as_json:
+        typer.echo(json.dumps({k: report[k] for k in ("best_epoch", "valid", "test")}, indent=2))
+    else:
+        typer.echo(summary_markdown(report), nl=False)

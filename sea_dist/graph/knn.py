@@ -202,7 +202,8 @@ def _save_npz_atomic(path: Path, **arrays: np.ndarray) -> None:
 
 def _unit_rows(features: np.ndarray, lo: int, hi: int) -> torch.Tensor:
     """Rows ``lo:hi`` as float32 with unit L2 norm (a zero row stays zero)."""
-    rows = torch.from_numpy(np.asarray(features[lo:hi], dtype=np.float32))
+    # A copy: a slice of a read-only memory map would make a read-only tensor (torch warns).
+    rows = torch.from_numpy(np.array(features[lo:hi], dtype=np.float32))
     return torch.nn.functional.normalize(rows, dim=1)
 
 

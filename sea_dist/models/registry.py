@@ -7,7 +7,7 @@ look at configs. Tests parametrize over :func:`registered_models`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Callable, TypeVar
+from typing import Callable, Literal, TypeVar
 
 import numpy as np
 import torch
@@ -70,14 +70,17 @@ def build_model(
     return SGFD(model, feature_dims, item_labels, params)
 
 
-def resolve_item_labels(
+def item_label_source(
     cfg: ModelCfg, store_labels: np.ndarray | None, features: dict[str, np.ndarray]
-) -> torch.Tensor | None:
-    """The item labels SGFD trains on, or ``None`` when the model has no ``sgfd`` section.
+) -> Literal["store", "kmeans"] | None:
+    """Where SGFD's item labels come from, or ``None`` when the model has no ``sgfd`` section.
 
     ``label_source``: ``store`` takes the store's categories (``-1`` = unknown) and fails
-    without them; ``kmeans`` clusters the item features
-    (:func:`~sea_dist.models.sgfd.kmeans_labels`); ``auto`` uses the store's when it has some labelled item, k-means otherwise.
+    without them; ``kmeans`` clusters the item features; ``auto`` uses the store's when it has
+    some labelled item, k-means otherwise.
+
+    Raises:
+        ConfigError: the configured source has nothing to give.
     """
     sgfd: SGFDCfg | None = getattr(cfg, "sgfd", None)
     if sgfd is None:
@@ -86,11 +89,24 @@ def resolve_item_labels(
     if sgfd.label_source == "store" and not has_store:
         raise ConfigError("model.sgfd.label_source=store, but the store has no item labels")
     if has_store and sgfd.label_source != "kmeans":
-        assert store_labels is not None
-        return torch.from_numpy(np.asarray(store_labels, dtype=np.int64))
+        return "store"
     if not features:
         raise ConfigError("model.sgfd: no item labels and no features to derive them from")
-    mats = [torch.from_numpy(np.asarray(f, dtype=np.float32)) for f in features.values()]
+    return "kmeans"
+
+
+def resolve_item_labels(
+    cfg: ModelCfg, store_labels: np.ndarray | None, features: dict[str, np.ndarray]
+) -> torch.Tensor | None:
+    """The item labels SGFD trains on (see :func:`item_label_source`), or ``None``."""
+    source = item_label_source(cfg, store_labels, features)
+    if source is None:
+        return None
+    if source == "store":
+        assert store_labels is not None
+        return torch.from_numpy(np.asarray(store_labels, dtype=np.int64))
+    sgfd: SGFDCfg = cfg.sgfd  # type: ignore[union-attr]
+    mats = [torch.from_numpy(np.array(f, dtype=np.float32)) for f in features.values()]
     return kmeans_labels(mats, sgfd.num_clusters, sgfd.kmeans_iters, sgfd.kmeans_seed)
 
 

@@ -5,16 +5,23 @@ early-stopping state, the best model so far) and ``config.yaml`` (the resolved r
 a checkpoint is self-describing. It holds no RNG state: the loop re-seeds per epoch and rank.
 Only rank 0 writes (nanoGPT's ``master_process``); files are written to a temporary name and
 renamed.
+
+Loading unpickles tensors and plain values only (``torch.load(weights_only=True)``): a
+checkpoint is a file anyone with write access to the run directory could replace, and full
+unpickling would run whatever code it names, on the driver and in every Ray worker.
 """
 
 from __future__ import annotations
 
 import os
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from sea_dist.errors import CheckpointError
 from sea_dist.io import atomic_write_text
 
 STATE_FILE = "state.pt"
@@ -32,4 +39,24 @@ def save_checkpoint(directory: str | Path, state: dict[str, Any], config_yaml: s
 
 
 def load_checkpoint(directory: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    return torch.load(Path(directory) / STATE_FILE, map_location=map_location)
+    """Read ``directory/state.pt``, refusing anything but tensors and plain values.
+
+    Raises:
+        CheckpointError: naming the file, if it is missing, truncated or holds other objects.
+    """
+    path = Path(directory) / STATE_FILE
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: checkpoint file is missing") from None
+    except pickle.UnpicklingError as exc:
+        # torch's message ends with the class it refused, e.g. "Unsupported class posix.system".
+        refused = str(exc).rsplit("WeightsUnpickler error:", 1)[-1].strip()
+        raise CheckpointError(
+            f"{path}: refused, holds more than tensors and plain values ({refused})"
+        ) from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path}: expected a mapping of state, got {type(state).__name__}")
+    return state

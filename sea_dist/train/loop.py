@@ -15,6 +15,7 @@ import math
 import resource
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,8 @@ import torch
 import torch.distributed as dist
 
 from sea_dist.config import RunCfg, dump_config
-from sea_dist.data.store import Store, resolve_store
+from sea_dist.data.store import Store, resolve_store, verify_store_cached
+from sea_dist.errors import CheckpointError, ConfigError, DivergenceError
 from sea_dist.eval.evaluator import EarlyStopping, Evaluator
 from sea_dist.graph.build import UserItemGraph, build_graph
 from sea_dist.graph.knn import ItemGraph, build_item_graph
@@ -32,9 +34,9 @@ from sea_dist.graph.loader import MiniBatchLoader, full_graph_batch
 from sea_dist.graph.partition import partition_seed_edges
 from sea_dist.models.base import Recommender
 from sea_dist.models.registry import build_model, resolve_item_labels
-from sea_dist.train.checkpoint import load_checkpoint, save_checkpoint
+from sea_dist.train.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
 from sea_dist.train.optim import build_optimizers, fit_estimator
-from sea_dist.train.run_files import RunFiles
+from sea_dist.train.run_files import LOG, RunFiles
 from sea_dist.train.sparse_sync import sync_sparse_grads
 
 log = logging.getLogger(__name__)
@@ -54,14 +56,19 @@ class TrainingData:
 def prepare_data(cfg: RunCfg) -> TrainingData:
     """Open (or import) the store and build the graphs; the kNN graph is cached on disk.
 
-    The driver calls this once before launching workers so that the import and the kNN
-    build happen once; workers then hit the caches.
+    The driver calls this once before launching workers so that the import, the content
+    verification and the kNN build happen once; workers then hit the caches. Content is
+    verified before the kNN graph is built, so a corrupt feature file never reaches its cache.
     """
     store = resolve_store(cfg.data.path, cfg.data.cache_dir)
+    verify_store_cached(store, cfg.data.cache_dir)
     modalities = cfg.data.modalities or list(store.modalities)
     unknown = [m for m in modalities if m not in store.modalities]
     if unknown:
-        raise ValueError(f"data.modalities: {unknown} not in the store ({list(store.modalities)})")
+        raise ConfigError(
+            f"data.modalities: {', '.join(unknown)} not in the store {store.path} "
+            f"(has {', '.join(store.modalities) or 'none'})"
+        )
     users, items = store.edges(0)
     graph = build_graph(store.num_users, store.num_items, users, items)
     features = {m: store.features(m) for m in modalities}
@@ -157,8 +164,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     level = int(config.get("log_level", logging.INFO))
     logging.getLogger().setLevel(max(level, logging.WARNING))
     logging.getLogger("sea_dist").setLevel(level)
-    files = RunFiles(Path(config["run_dir"]))
     rank, world = _world()
+    run_dir = Path(config["run_dir"])
+    _log_to_run_dir(run_dir, rank)
     torch.set_num_threads(int(config.get("threads", 1)))
     device = ray.train.torch.get_device() if cfg.train.device != "cpu" else torch.device("cpu")
     torch.manual_seed(cfg.train.seed)
@@ -208,22 +216,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if checkpoint is not None:
         with checkpoint.as_directory() as ckpt_dir:
             state = load_checkpoint(ckpt_dir, map_location=device)
-        model.load_state_dict(state["model"])
-        for name, opt in optimizers.items():
-            if opt is not None:
-                opt.load_state_dict(state["optimizers"][name])
-        stopper.load_state_dict(state["stopper"])
-        start_epoch, best_state = state["epoch"] + 1, state["best_model"]
-        wall_before = state["wall_time_s"]
+
+            def restore() -> None:
+                model.load_state_dict(state["model"])
+                for name, opt in optimizers.items():
+                    if opt is not None:
+                        opt.load_state_dict(state["optimizers"][name])
+                stopper.load_state_dict(state["stopper"])
+
+            _restore(ckpt_dir, restore)
+        start_epoch, best_state = int(state["epoch"]) + 1, state["best_model"]
+        wall_before = float(state["wall_time_s"])
         if rank == 0:
             log.info("resumed from epoch %d", state["epoch"])
+    files = RunFiles(run_dir, first_epoch=start_epoch)
 
     net = _wrap_ddp(model, device)
     files.write_pid(rank, ray.get_runtime_context().get_node_id())
     dense_bytes = _dense_bytes_per_step(model)
     tables = model.id_tables()
     table_bytes = sum(p.numel() * p.element_size() for p in tables)
-    started = time.perf_counter()
+    # The wall clock starts with the driver's run (as its progress bar does), not this worker.
+    started = time.perf_counter() - (time.time() - float(config.get("started_at", time.time())))
     for epoch in range(start_epoch, cfg.train.epochs):
         loader.set_epoch(epoch)
         # Model randomness (CLUB's shuffles, dropout) draws as many numbers as a rank's batch
@@ -262,7 +276,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             timers["optimizer"] += now - tick
             steps += 1
             edges += batch.batch_size
-            loss_sum += float(out["loss"])
+            loss = float(out["loss"])
+            if not math.isfinite(loss):
+                raise DivergenceError(
+                    f"training diverged: loss {loss} at epoch {epoch}, step {steps - 1} on rank "
+                    f"{rank}; lower train.lr or check the features"
+                )
+            loss_sum += loss
             tick = time.perf_counter()
         epoch_time = time.perf_counter() - epoch_start
         metrics: dict[str, Any] = {
@@ -281,6 +301,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         improved = False
         if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.train.epochs:
             emb = _full_embeddings(model, full_batch)
+            _require_finite(emb, epoch, rank)
             valid = evaluator.evaluate(
                 emb[: store.num_users], emb[store.num_users :], "valid", users_sample=cfg.eval.users_sample
             )
@@ -311,7 +332,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     users_emb, items_emb = emb[: store.num_users], emb[store.num_users :]
     valid = evaluator.evaluate(users_emb, items_emb, "valid", users_sample=cfg.eval.users_sample)
     test = evaluator.evaluate(users_emb, items_emb, "test", users_sample=cfg.eval.users_sample)
-    wall = wall_before + time.perf_counter() - started
     peaks = _gather_floats(_peak_rss_mb())
     if rank == 0:
         history = files.read_metrics()
@@ -323,7 +343,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "valid": valid,
             "test": test,
             "epochs_run": len(history),
-            "wall_time_s": wall,
             "workers": world,
             "mode": cfg.train.mode,
             "train_edges_per_s": _median([h["train_edges_per_s"] for h in history]) * world,
@@ -332,7 +351,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "embedding_table_bytes": table_bytes,
             "peak_rss_mb_per_worker": peaks,
         }
-        files.write_results(report, cfg, model, emb)
+        files.write_results(
+            report, cfg, model, emb, wall_time=lambda: wall_before + time.perf_counter() - started
+        )
+    files.close()
     ray.train.report({"done": True, "best_epoch": stopper.best_epoch, **{f"test/{k}": v for k, v in test.items()}})
 
 
@@ -346,6 +368,37 @@ def _all_reduce_dense(tables: list[torch.nn.Parameter]) -> int:
             table.grad /= world
             sent += int(2 * (world - 1) / world * table.grad.numel() * table.grad.element_size())
     return sent
+
+
+def _restore(directory: str | Path, load: Callable[[], Any]) -> None:
+    """Run ``load``; a checkpoint of another model or a malformed one is a CheckpointError."""
+    try:
+        load()
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"{Path(directory) / STATE_FILE}: does not fit this run ({first})") from None
+
+
+def _require_finite(emb: torch.Tensor, epoch: int, rank: int) -> None:
+    if not bool(torch.isfinite(emb).all()):
+        raise DivergenceError(
+            f"training diverged: non-finite embeddings after epoch {epoch} on rank {rank}; "
+            "lower train.lr or check the features"
+        )
+
+
+def _log_to_run_dir(run_dir: Path, rank: int) -> None:
+    """Workers' log records and warnings go to the run's ``train.log``, not the console.
+
+    The driver starts its local Ray without forwarding worker output, so this file is where a
+    worker's warnings can be read.
+    """
+    handler = logging.FileHandler(run_dir / LOG)
+    handler.setFormatter(
+        logging.Formatter(f"%(asctime)s %(levelname)s rank {rank} %(name)s: %(message)s")
+    )
+    logging.getLogger().addHandler(handler)
+    logging.captureWarnings(True)
 
 
 def _gather_floats(value: float) -> list[float]:
@@ -394,12 +447,13 @@ def evaluate_run(
     if not (best / "state.pt").exists():
         raise SeaDistError(f"{best}: no best checkpoint (did the run finish?)")
     cfg = load_config(best / "config.yaml")
+    state = load_checkpoint(best)  # first: a refused file costs no data preparation
     data = prepare_data(cfg)
     store = data.store
     dims = {m: int(data.features[m].shape[1]) for m in data.modalities}
     labels = resolve_item_labels(cfg.model, store.labels(), data.features)
     model = build_model(cfg.model, store.num_users, store.num_items, dims, labels)
-    model.load_state_dict(load_checkpoint(best)["model"])
+    _restore(best, lambda: model.load_state_dict(state["model"]))
     full_batch = full_graph_batch(
         data.graph, data.item_graph, data.features, cfg.graph.item_hops, num_layers=cfg.model.num_layers
     )

@@ -1,6 +1,8 @@
 """The run directory: what a finished run leaves for people and tools.
 
-    DIR/config.yaml          resolved config (written by the driver before training)
+    DIR/config.yaml          resolved config (written by the driver once the run is checked)
+    DIR/config_changes.jsonl what a resume with --resume-with-changes changed, and when
+    DIR/train.log            the driver's log, Ray's warnings and any traceback
     DIR/metrics.jsonl        one line per epoch (rank 0)
     DIR/tensorboard/         the same scalars for TensorBoard
     DIR/best_checkpoint/     best-valid model + config (what ``sea-dist evaluate`` loads)
@@ -15,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import pyarrow as pa
@@ -25,14 +28,26 @@ from sea_dist.config import RunCfg, dump_config
 from sea_dist.io import atomic_write_text
 from sea_dist.train.checkpoint import save_checkpoint
 
+CONFIG = "config.yaml"
 REPORT = "report.json"
 METRICS = "metrics.jsonl"
 BEST = "best_checkpoint"
+LOG = "train.log"
 
 
 class RunFiles:
-    def __init__(self, root: Path) -> None:
+    """Rank 0's writer of the run directory's files.
+
+    Args:
+        root: the run directory.
+        first_epoch: the epoch this process starts at; TensorBoard drops any event it already
+            holds from that step on, so a resumed run has no duplicate steps.
+    """
+
+    def __init__(self, root: Path, first_epoch: int = 0) -> None:
         self.root = Path(root)
+        self.first_epoch = first_epoch
+        self._writer: Any = None
 
     def write_pid(self, rank: int, node_id: str) -> None:
         """Record each worker's pid and Ray node (tests and operators use it to find workers)."""
@@ -58,22 +73,37 @@ class RunFiles:
         return [by_epoch[e] for e in sorted(by_epoch)]
 
     def _tensorboard(self, metrics: dict[str, Any]) -> None:
-        from torch.utils.tensorboard import SummaryWriter
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
 
-        with SummaryWriter(str(self.root / "tensorboard")) as writer:
-            for key, value in metrics.items():
-                if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
-                    writer.add_scalar(key, value, global_step=int(metrics["epoch"]))
+            self._writer = SummaryWriter(str(self.root / "tensorboard"), purge_step=self.first_epoch or None)
+        for key, value in metrics.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "epoch":
+                self._writer.add_scalar(key, value, global_step=int(metrics["epoch"]))
+        self._writer.flush()
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     def write_results(
-        self, report: dict[str, Any], cfg: RunCfg, model: torch.nn.Module, embeddings: torch.Tensor
+        self,
+        report: dict[str, Any],
+        cfg: RunCfg,
+        model: torch.nn.Module,
+        embeddings: torch.Tensor,
+        wall_time: Callable[[], float],
     ) -> None:
         """Best checkpoint, embeddings, report.json and summary.md (report last: it marks done).
 
         ``embeddings`` are the final node embeddings ``[U + I, d]`` of the best model.
+        ``wall_time()`` becomes the report's ``wall_time_s``; it is read once the large files
+        are written, so the figure covers the whole run but the two small files.
         """
         save_checkpoint(self.root / BEST, {"model": model.state_dict()}, dump_config(cfg))
         self._export_embeddings(embeddings, int(report["num_users"]))
+        report = {**report, "wall_time_s": wall_time()}
         atomic_write_text(self.root / "summary.md", summary_markdown(report))
         atomic_write_text(self.root / REPORT, json.dumps(report, indent=2, default=float))
 

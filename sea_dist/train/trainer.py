@@ -1,11 +1,13 @@
 """Driver side of ``sea-dist train``: a Ray Train ``TorchTrainer`` built from the config.
 
-The driver resolves the data (importing an MMRec directory and building the kNN cache once),
-writes the resolved config into the run directory, starts or joins a Ray cluster, and runs
-:func:`~sea_dist.train.loop.train_loop_per_worker` on ``workers`` workers. Metrics reach the
-driver through a ``UserCallback`` on the Train controller and a Ray queue, and are shown as a
-live progress bar. Re-running with the same output directory resumes from the run's latest
-checkpoint (Ray Train restores runs by ``RunConfig(name, storage_path)``).
+The driver checks the run before anything starts (:mod:`sea_dist.train.preflight`: the run
+directory, the config against the data, the store's content), resolves the data once (import,
+kNN cache), records the resolved config in the run directory, starts or joins a Ray cluster,
+and runs :func:`~sea_dist.train.loop.train_loop_per_worker` on ``train.workers`` workers.
+Metrics reach the driver through a ``UserCallback`` on the Train controller and a Ray queue,
+and are shown as a live progress bar; log records go to the run's ``train.log``. Re-running
+with the same output directory and config resumes from the run's latest checkpoint (Ray Train
+restores runs by ``RunConfig(name, storage_path)``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import json
 import logging
 import os
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +29,24 @@ from ray.train.torch import TorchConfig, TorchTrainer
 from ray.util.queue import Queue
 from tqdm import tqdm
 
-from sea_dist.config import RunCfg, dump_config
-from sea_dist.errors import SeaDistError
-from sea_dist.io import atomic_write_text
+from sea_dist.config import RunCfg
+from sea_dist.errors import ConfigError, SeaDistError
 from sea_dist.train.loop import prepare_data, train_loop_per_worker
-from sea_dist.train.run_files import REPORT
+from sea_dist.train.preflight import check_run, plan_run_dir
+from sea_dist.train.run_files import LOG, REPORT
 
 log = logging.getLogger(__name__)
 
 
 class _ForwardMetrics(ray.train.UserCallback):
-    """Runs on the Train controller: forwards rank 0's metrics to the driver's queue."""
+    """Runs on the Train controller: forwards rank 0's metrics to the driver's queue, and ends
+    the run at the first error that no retry can fix.
+
+    A :class:`~sea_dist.errors.SeaDistError` raised in a worker (a config the data refuses, a
+    corrupt checkpoint, a diverged model) would fail the same way on every retry, so it is not
+    retried like a lost worker: raising here makes the controller give up at once (Ray Train
+    does not retry errors raised by callbacks), and the driver re-raises the worker's error.
+    """
 
     def __init__(self, queue: Queue) -> None:
         self.queue = queue
@@ -42,6 +54,17 @@ class _ForwardMetrics(ray.train.UserCallback):
     def after_report(self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any) -> None:
         if metrics:
             self.queue.put(metrics[0])
+
+    def after_exception(self, run_context: Any, worker_exceptions: dict[int, Exception]) -> None:
+        for rank, exc in sorted(worker_exceptions.items()):
+            cause = getattr(exc, "_base_exc", exc)  # Ray wraps it with its traceback
+            if isinstance(cause, SeaDistError):
+                self.queue.put({"fatal": cause, "rank": rank})
+                raise _NotRetryable(f"rank {rank}: {cause}")
+
+
+class _NotRetryable(RuntimeError):
+    pass
 
 
 def _absolute_paths(cfg: RunCfg) -> RunCfg:
@@ -62,8 +85,14 @@ def _connect(address: str | None, workers: int) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    # Over-subscribe a small machine rather than refuse a 2-worker run on 1 core.
-    ray.init(num_cpus=max(os.cpu_count() or 1, workers), include_dashboard=False, log_to_driver=True)
+    # Over-subscribe a small machine rather than refuse a 2-worker run on 1 core. Workers and
+    # Ray's actors log to files (the run's train.log, Ray's session logs), not to this console,
+    # where they would break up the progress bar; --log-level DEBUG forwards them.
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, workers),
+        include_dashboard=False,
+        log_to_driver=logging.getLogger().isEnabledFor(logging.DEBUG),
+    )
 
 
 def run_training(
@@ -73,22 +102,40 @@ def run_training(
     workers: int | None = None,
     address: str | None = None,
     progress: bool = True,
+    resume_with_changes: bool = False,
 ) -> dict[str, Any]:
-    """Train ``cfg`` into ``output``; returns the parsed ``report.json``."""
-    out = Path(output).resolve()
-    if (out / REPORT).exists():
-        raise SeaDistError(f"{out}: run already finished ({REPORT} exists); choose another --output")
-    cfg = _absolute_paths(cfg)
-    num_workers = workers or cfg.train.workers
-    prepare_data(cfg)  # import + kNN cache once, before N workers race for them
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / "config.yaml", dump_config(cfg))
+    """Train ``cfg`` into ``output``; returns the parsed ``report.json``.
 
-    _connect(address, num_workers)
+    Everything that can be refused is refused before Ray starts and before ``output`` is
+    written (see :mod:`sea_dist.train.preflight`).
+    """
+    started = time.time()
+    out = Path(output).resolve()
+    if workers is not None:
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"workers": workers})})
+    cfg = _absolute_paths(cfg)
+    plan = plan_run_dir(out, cfg, allow_changes=resume_with_changes)
+    # Import, verification and the kNN cache happen once, before N workers race for them.
+    data = prepare_data(cfg)
+    check_run(cfg, data)
+    del data
+    plan.apply(cfg)
+
+    with _log_to(out / LOG):
+        local = not (address or os.environ.get("RAY_ADDRESS"))
+        _connect(address, cfg.train.workers)
+        return _fit(cfg, out, local=local, progress=progress, started=started)
+
+
+def _fit(cfg: RunCfg, out: Path, *, local: bool, progress: bool, started: float) -> dict[str, Any]:
+    num_workers = cfg.train.workers
     resources = ray.cluster_resources()
-    use_gpu = cfg.train.device == "cuda" or (
-        cfg.train.device == "auto" and resources.get("GPU", 0) >= num_workers
-    )
+    gpus = resources.get("GPU", 0)
+    if cfg.train.device == "cuda" and local and gpus < num_workers:
+        raise ConfigError(
+            f"train.device=cuda: {num_workers} workers need a GPU each, this machine has {gpus:g}"
+        )
+    use_gpu = cfg.train.device == "cuda" or (cfg.train.device == "auto" and gpus >= num_workers)
     threads = max(1, int(resources.get("CPU", 1)) // num_workers)
     queue = Queue(actor_options={"num_cpus": 0})
     trainer = TorchTrainer(
@@ -98,6 +145,7 @@ def run_training(
             "run_dir": str(out),
             "threads": threads,
             "log_level": logging.getLogger().getEffectiveLevel(),
+            "started_at": started,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(
@@ -130,21 +178,74 @@ def run_training(
 
     thread = threading.Thread(target=fit, name="ray-train-fit", daemon=True)
     thread.start()
-    _show_progress(queue, cfg.train.epochs, progress)
+    fatal = _show_progress(queue, cfg.train.epochs, progress, started)
     thread.join()
+    if fatal is not None:
+        raise fatal
     if "error" in outcome:
-        raise outcome["error"]
+        log.error("training failed", exc_info=outcome["error"])
+        raise TrainingFailed(f"{out}: training failed: {_one_line(outcome['error'])} (traceback in {out / LOG})")
     report_path = out / REPORT
     if not report_path.exists():
         raise SeaDistError(f"{out}: training ended without writing {REPORT}")
     return json.loads(report_path.read_text())
 
 
-def _show_progress(queue: Queue, epochs: int, enabled: bool) -> None:
+class TrainingFailed(SeaDistError):
+    """The workers failed more often than ``train.max_failures`` allows (a bug, or lost nodes)."""
+
+    exit_code = 1
+
+
+def _one_line(exc: BaseException) -> str:
+    """The innermost worker error as ``Type: message``, from Ray's multi-line report."""
+    failures = getattr(exc, "worker_failures", None) or {}
+    for rank, failure in sorted(failures.items()):
+        cause = getattr(failure, "_base_exc", failure)
+        text = str(cause).strip().splitlines()
+        return f"rank {rank}: {type(cause).__name__}: {text[0] if text else ''}"
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[-1] if text else ''}"
+
+
+@contextmanager
+def _log_to(path: Path) -> Iterator[None]:
+    """Send this process's log records, Ray's included, to ``path`` rather than the console.
+
+    The console keeps the progress bar and records of WARNING and above from sea_dist itself;
+    Ray's own INFO and WARNING lines (its start-up banner, the Train controller's warnings)
+    go to the file only.
+    """
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.setLevel(logging.DEBUG)
+    root, ray_logger = logging.getLogger(), logging.getLogger("ray")
+    saved = ray_logger.handlers[:], ray_logger.propagate
+    root.addHandler(handler)
+    ray_logger.handlers, ray_logger.propagate = [handler], False
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        ray_logger.handlers, ray_logger.propagate = saved
+        handler.close()
+
+
+def _show_progress(queue: Queue, epochs: int, enabled: bool, started: float) -> SeaDistError | None:
+    """Draw the progress bar until the run ends; returns a worker's unretryable error, if any.
+
+    The bar's clock starts with the run (``started``), as the summary's wall time does.
+    """
+    fatal = None
     bar = tqdm(total=epochs, desc="epochs", unit="epoch", disable=not enabled, dynamic_ncols=True)
+    bar.start_t = started  # tqdm's clock is time.time()
     with bar:
         while (metrics := queue.get()) is not None:
+            if "fatal" in metrics:
+                fatal = metrics["fatal"]
+                continue
             if metrics.get("done"):
+                bar.close()  # stop its clock where the summary's wall time stops
                 continue
             bar.n = int(metrics["epoch"]) + 1
             shown = {"loss": f"{metrics['loss']:.4f}", "edges/s": f"{metrics['train_edges_per_s']:.0f}"}
@@ -153,3 +254,5 @@ def _show_progress(queue: Queue, epochs: int, enabled: bool) -> None:
                     shown[key.removeprefix("valid/")] = f"{value:.4f}"
             bar.set_postfix(shown, refresh=True)
             log.debug("epoch %s: %s", metrics["epoch"], metrics)
+    return fatal
+
