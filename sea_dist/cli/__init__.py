@@ -36,14 +36,18 @@ def _root(
     version: Optional[bool] = typer.Option(  # noqa: UP007 - typer needs Optional on 3.10
         None, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
-    log_level: str = typer.Option("INFO", "--log-level", help="DEBUG, INFO, WARNING or ERROR."),
+    log_level: str = typer.Option(
+        "WARNING", "--log-level", help="Console: DEBUG, INFO, WARNING or ERROR (run logs keep INFO)."
+    ),
 ) -> None:
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise typer.BadParameter(f"unknown log level {log_level!r}", param_hint="--log-level")
-    logging.basicConfig(
-        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
-    )
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(level)
+    console.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    # Records reach INFO so that a run's train.log has them; the console shows ``level`` up.
+    logging.basicConfig(level=min(level, logging.INFO), handlers=[console])
 
 
 def _register() -> None:

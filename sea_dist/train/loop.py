@@ -167,6 +167,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = _world()
     run_dir = Path(config["run_dir"])
     _log_to_run_dir(run_dir, rank)
+    log.info("worker started: rank %d of %d", rank, world)
     torch.set_num_threads(int(config.get("threads", 1)))
     device = ray.train.torch.get_device() if cfg.train.device != "cpu" else torch.device("cpu")
     torch.manual_seed(cfg.train.seed)

@@ -91,8 +91,12 @@ def _connect(address: str | None, workers: int) -> None:
     ray.init(
         num_cpus=max(os.cpu_count() or 1, workers),
         include_dashboard=False,
-        log_to_driver=logging.getLogger().isEnabledFor(logging.DEBUG),
+        log_to_driver=_console_debug(),
     )
+
+
+def _console_debug() -> bool:
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
 
 
 def run_training(
@@ -162,7 +166,7 @@ def _fit(cfg: RunCfg, out: Path, *, local: bool, progress: bool, started: float)
             callbacks=[_ForwardMetrics(queue)],
             # The progress bar and metrics.jsonl carry what Ray Train logs at INFO.
             logging_config=LoggingConfig(
-                log_level="DEBUG" if logging.getLogger().isEnabledFor(logging.DEBUG) else "WARNING"
+                log_level="DEBUG" if _console_debug() else "WARNING"
             ),
         ),
     )
