@@ -95,13 +95,19 @@ class TrainJob:
 
 
 def train_entrypoint(
-    config: str, overrides: Sequence[str], output: str, workers: int | None = None
+    config: str,
+    overrides: Sequence[str],
+    output: str,
+    workers: int | None = None,
+    resume_with_changes: bool = False,
 ) -> str:
     """The ``sea-dist train`` command line a job runs, quoted for the job's shell."""
     args = ["sea-dist", "train", "--config", config]
     for override in overrides:
         args += ["--set", override]
     args += ["--output", output, "--quiet"]
+    if resume_with_changes:
+        args.append("--resume-with-changes")
     if workers is not None:
         args += ["--workers", str(workers)]
     return shlex.join(args)
@@ -175,6 +181,7 @@ def plan_train_job(
     workers: int | None = None,
     working_dir: str | Path = ".",
     runtime_env_file: str | Path | None = None,
+    resume_with_changes: bool = False,
 ) -> TrainJob:
     """Check a training run locally and turn it into a :class:`TrainJob`.
 
@@ -192,6 +199,7 @@ def plan_train_job(
         working_dir: the directory uploaded with the job.
         runtime_env_file: YAML merged into the runtime env; default: ``cluster/runtime_env.yaml``
             of ``working_dir`` when it exists.
+        resume_with_changes: let the job resume an interrupted run with a different config.
 
     Raises:
         ConfigError: naming the flag, file or key that cannot work on a cluster.
@@ -235,7 +243,7 @@ def plan_train_job(
         runtime_env_file = root / RUNTIME_ENV_FILE
     extra = load_runtime_env(runtime_env_file) if runtime_env_file is not None else {}
     return TrainJob(
-        entrypoint=train_entrypoint(relative_config, overrides, output, workers),
+        entrypoint=train_entrypoint(relative_config, overrides, output, workers, resume_with_changes),
         runtime_env=build_runtime_env(root, extra),
         output=output,
     )

@@ -54,13 +54,16 @@ def submit(
         None, "--runtime-env", help="Runtime-env YAML (default: cluster/runtime_env.yaml)."
     ),
     quiet: bool = typer.Option(False, "--quiet", help="With --wait: no logs, only the outcome."),
+    resume_with_changes: bool = typer.Option(
+        False, "--resume-with-changes", help="Let the job resume an interrupted run whose config differs."
+    ),
 ) -> None:
     """Submit 'sea-dist train' as a Ray job; prints the submission id on stdout."""
     from sea_dist.jobs import JobClient, exit_code, plan_train_job, read_report
 
     job = plan_train_job(
         config, overrides, output, workers=workers, working_dir=working_dir,
-        runtime_env_file=runtime_env,
+        runtime_env_file=runtime_env, resume_with_changes=resume_with_changes,
     )
     client = JobClient(address)
     job_id = client.submit(job)

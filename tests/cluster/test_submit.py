@@ -41,6 +41,8 @@ def test_entrypoint_is_our_cli_and_survives_the_shell() -> None:
         "sea-dist", "train", "--config", CONFIG, "--set", "train.fanouts=[5, 5]",
         "--set", "data.path=/a b/c", "--output", "/runs/x", "--quiet", "--workers", "4",
     ]
+    resumed = shlex.split(train_entrypoint(CONFIG, [], "/runs/x", resume_with_changes=True))
+    assert "--resume-with-changes" in resumed
 
 
 def test_plan_uploads_the_repo_with_the_runtime_env_file(tmp_path: Path) -> None:
