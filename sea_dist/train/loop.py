@@ -34,9 +34,9 @@ from sea_dist.graph.loader import MiniBatchLoader, full_graph_batch
 from sea_dist.graph.partition import partition_seed_edges
 from sea_dist.models.base import Recommender
 from sea_dist.models.registry import build_model, resolve_item_labels
-from sea_dist.train.checkpoint import STATE_FILE, load_checkpoint, save_checkpoint
+from sea_dist.train.checkpoint import STATE_FILE, find_checkpoint, load_checkpoint, save_checkpoint
 from sea_dist.train.optim import build_optimizers, fit_estimator
-from sea_dist.train.run_files import LOG, RunFiles
+from sea_dist.train.run_files import CHECKPOINT_SCORE, LOG, RAY_STORAGE, RunFiles
 from sea_dist.train.sparse_sync import sync_sparse_grads
 
 log = logging.getLogger(__name__)
@@ -211,7 +211,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         sparse_tables=sparse_tables,
     )
     stopper = EarlyStopping(metric=cfg.eval.metric, patience=cfg.train.patience)
-    start_epoch, best_state, wall_before = 0, None, 0.0
+    start_epoch, wall_before = 0, 0.0
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
@@ -226,7 +226,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 stopper.load_state_dict(state["stopper"])
 
             _restore(ckpt_dir, restore)
-        start_epoch, best_state = int(state["epoch"]) + 1, state["best_model"]
+        start_epoch = int(state["epoch"]) + 1
         wall_before = float(state["wall_time_s"])
         if rank == 0:
             log.info("resumed from epoch %d", state["epoch"])
@@ -308,8 +308,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             )
             metrics.update({f"valid/{k}": v for k, v in valid.items()})
             improved = stopper.update(epoch, valid)
-            if improved:
-                best_state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
         stop = stopper.should_stop or epoch + 1 == cfg.train.epochs
         metrics["elapsed_s"] = wall_before + time.perf_counter() - started  # time-to-accuracy
         metrics["done"] = False
@@ -318,17 +316,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "optimizers": {n: o.state_dict() for n, o in optimizers.items() if o is not None},
             "stopper": stopper.state_dict(),
             "epoch": epoch,
-            "best_model": best_state,
             "wall_time_s": wall_before + time.perf_counter() - started,
         }
         if rank == 0:
             files.append_metrics(metrics)
-        _report(metrics, state, dump_config(cfg), rank, stop or (epoch + 1) % cfg.train.checkpoint_every == 0)
+        save = stop or improved or (epoch + 1) % cfg.train.checkpoint_every == 0
+        # Ray Train keeps the checkpoint with the highest score and the latest one: scoring
+        # only improvements makes the kept best the early-stopping best (equal values later
+        # would otherwise tie with it), so no checkpoint needs a copy of the best model.
+        score = stopper.best_value if improved else -math.inf
+        _report({**metrics, CHECKPOINT_SCORE: score}, state, dump_config(cfg), rank, epoch if save else None)
         if stop:
             break
 
-    if best_state is not None:
-        model.load_state_dict(best_state)
+    if stopper.best_epoch is not None:
+        if world > 1:
+            dist.barrier()  # rank 0 returns from its last report once its checkpoint is stored
+        best = find_checkpoint(run_dir / RAY_STORAGE, stopper.best_epoch)
+        _restore(best, lambda: model.load_state_dict(load_checkpoint(best, map_location=device)["model"]))
     emb = _full_embeddings(model, full_batch)
     users_emb, items_emb = emb[: store.num_users], emb[store.num_users :]
     valid = evaluator.evaluate(users_emb, items_emb, "valid", users_sample=cfg.eval.users_sample)
@@ -415,16 +420,19 @@ def _median(values: list[float]) -> float:
     return float(np.median(values)) if values else math.nan
 
 
-def _report(metrics: dict[str, Any], state: dict[str, Any], config_yaml: str, rank: int, save: bool) -> None:
+def _report(
+    metrics: dict[str, Any], state: dict[str, Any], config_yaml: str, rank: int, epoch: int | None
+) -> None:
+    """Report ``metrics``, with a checkpoint of ``state`` unless ``epoch`` is None."""
     import ray.train
 
-    if not save:
+    if epoch is None:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
         checkpoint = None
         if rank == 0:
-            save_checkpoint(tmp, state, config_yaml)
+            save_checkpoint(tmp, state, config_yaml, epoch=epoch)
             checkpoint = ray.train.Checkpoint.from_directory(tmp)
         ray.train.report(metrics, checkpoint=checkpoint)
 

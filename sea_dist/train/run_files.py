@@ -29,6 +29,8 @@ from sea_dist.io import atomic_write_text
 from sea_dist.train.checkpoint import save_checkpoint
 
 CONFIG = "config.yaml"
+RAY_STORAGE = "ray"  # Ray Train's RunConfig(name=...) under the run directory
+CHECKPOINT_SCORE = "checkpoint_score"  # what CheckpointConfig ranks checkpoints by
 REPORT = "report.json"
 METRICS = "metrics.jsonl"
 BEST = "best_checkpoint"

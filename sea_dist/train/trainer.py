@@ -33,7 +33,7 @@ from sea_dist.config import RunCfg
 from sea_dist.errors import ConfigError, SeaDistError
 from sea_dist.train.loop import prepare_data, train_loop_per_worker
 from sea_dist.train.preflight import check_run, plan_run_dir
-from sea_dist.train.run_files import LOG, REPORT
+from sea_dist.train.run_files import CHECKPOINT_SCORE, LOG, RAY_STORAGE, REPORT
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +159,13 @@ def _fit(cfg: RunCfg, out: Path, *, local: bool, progress: bool, started: float)
             placement_strategy=cfg.train.placement,
         ),
         run_config=RunConfig(
-            name="ray",
+            name=RAY_STORAGE,
             storage_path=str(out),
             failure_config=FailureConfig(max_failures=cfg.train.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            # The best checkpoint by validation and, always, the latest (to resume from).
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute=CHECKPOINT_SCORE, checkpoint_score_order="max"
+            ),
             callbacks=[_ForwardMetrics(queue)],
             # The progress bar and metrics.jsonl carry what Ray Train logs at INFO.
             logging_config=LoggingConfig(
