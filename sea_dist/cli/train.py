@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from typing import Optional
 
 import typer
@@ -34,10 +33,6 @@ def train(
     ),
 ) -> None:
     """Train a model; writes report.json, metrics, checkpoints and embeddings to the run dir."""
-    if not address and not os.environ.get("RAY_ADDRESS"):
-        # A local cluster is one node: keep every Ray service on 127.0.0.1 rather than the
-        # machine's interface address (Ray's switch for this is named after Windows/OSX).
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     from sea_dist.train.run_files import summary_markdown
     from sea_dist.train.trainer import run_training
 

@@ -85,14 +85,34 @@ def _connect(address: str | None, workers: int) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
         return
-    # Over-subscribe a small machine rather than refuse a 2-worker run on 1 core. Workers and
-    # Ray's actors log to files (the run's train.log, Ray's session logs), not to this console,
-    # where they would break up the progress bar; --log-level DEBUG forwards them.
-    ray.init(
-        num_cpus=max(os.cpu_count() or 1, workers),
-        include_dashboard=False,
-        log_to_driver=_console_debug(),
-    )
+    # A private instance is one node, so none of it needs to be reachable from elsewhere: each
+    # Ray server (GCS, raylet, agents, workers, metrics endpoints) binds 127.0.0.1 when the node
+    # address is 127.0.0.1, and all interfaces otherwise. But on Linux Ray replaces 127.0.0.1
+    # with the machine's address (services.resolve_ip_for_localhost) unless
+    # RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which it reads once, when ray is imported. So set it
+    # for the processes ray.init starts and patch the value this process read, until ray.init
+    # returns: this process may join a real cluster later. tests/cluster/test_loopback.py checks.
+    from ray._private import ray_constants
+
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved_env, saved_flag = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        ray.init(
+            # Over-subscribe a small machine rather than refuse a 2-worker run on 1 core.
+            num_cpus=max(os.cpu_count() or 1, workers),
+            include_dashboard=False,
+            # Workers and Ray's actors log to files (the run's train.log, Ray's session logs),
+            # not to this console, where they would break up the progress bar.
+            log_to_driver=_console_debug(),
+            _node_ip_address="127.0.0.1",
+        )
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = saved_env
 
 
 def _console_debug() -> bool:

@@ -1,4 +1,10 @@
-"""Real multi-node Ray clusters on 127.0.0.1 for the cluster tests, token authentication on.
+"""Real Ray clusters for the cluster tests, token authentication on.
+
+Two kinds: the laptop cluster of docs/clusters.md section 2 (one node, everything on 127.0.0.1)
+and multi-node clusters on this machine. Ray 2.60 can build the latter only on the machine's
+address: ``ray start --address`` refuses to add a node with ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``,
+and without it Ray replaces 127.0.0.1 with the machine's address, so their servers listen
+beyond loopback (still behind the token).
 
 Each cluster lives in its own short temporary directory with its own ports and token, so it
 can run beside other Ray clusters on the machine. It is stopped by killing exactly its own
@@ -10,13 +16,14 @@ from __future__ import annotations
 
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,12 +34,60 @@ from tests.train.conftest import train_store  # noqa: F401  the tiny store, shar
 
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
+CLUSTERS_DOC = Path(__file__).resolve().parents[2] / "docs" / "clusters.md"
 
 
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def laptop_recipe() -> tuple[dict[str, str], list[str]]:
+    """The variables exported and the ``ray start --head`` flags of docs/clusters.md section 2."""
+    section = CLUSTERS_DOC.read_text().split("### 2.", 1)[1].split("### 3.", 1)[0]
+    script = section.split("```bash", 1)[1].split("```", 1)[0].replace("\\\n", " ")
+    env: dict[str, str] = {}
+    flags: list[str] | None = None
+    for line in script.splitlines():
+        words = shlex.split(line, comments=True)
+        if words[:1] == ["export"]:
+            env.update(word.split("=", 1) for word in words[1:])
+        elif words[:3] == ["ray", "start", "--head"]:
+            flags = words[3:]
+    assert flags is not None, "docs/clusters.md section 2 has no `ray start --head` line"
+    return env, flags
+
+
+def kill_processes(procs: Iterable[psutil.Process]) -> None:
+    """SIGTERM, then SIGKILL what is left after 5 s."""
+    procs = list(procs)
+    for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
+        for proc in procs:
+            try:
+                proc.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        _, procs = psutil.wait_procs(procs, timeout=grace)
+        if not procs:
+            break
+
+
+def processes_naming(root: Path, suffix: str | None = None) -> list[psutil.Process]:
+    """Processes with ``root`` in an argument (or one ending in ``suffix``), and their children."""
+    owners = []
+    for proc in psutil.process_iter(["cmdline"]):
+        args = proc.info["cmdline"] or []
+        if any(str(root) in arg or (suffix and arg.endswith(suffix)) for arg in args):
+            owners.append(proc)
+    found = {proc.pid: proc for proc in owners}
+    for proc in owners:
+        try:
+            found.update((child.pid, child) for child in proc.children(recursive=True))
+        except psutil.NoSuchProcess:
+            pass
+    found.pop(os.getpid(), None)
+    return list(found.values())
 
 
 def _client_env(token_path: Path) -> dict[str, str]:
@@ -44,27 +99,37 @@ def _client_env(token_path: Path) -> dict[str, str]:
     return env
 
 
+# Ray replaces this 127.0.0.1 with the machine's address (see the module docstring).
+_MULTI_NODE_FLAGS = ("--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1")
+
+
 @dataclass
 class LocalCluster:
-    """Ray nodes started with ``ray start`` on 127.0.0.1, each with one CPU.
+    """Ray nodes started with ``ray start`` on this machine, each with one CPU.
 
     Attributes:
         root: the cluster's directory (token, Ray temp dirs); short because Ray's unix
             socket paths under it must stay below 108 bytes.
         env: the environment for every process that talks to the cluster: token auth on,
-            ``RAY_AUTH_TOKEN_PATH`` pointing at the token.
+            ``RAY_AUTH_TOKEN_PATH`` pointing at the token, and the head's Prometheus ports
+            moved off Ray's fixed defaults (44217, 44227), which another cluster may hold.
     """
 
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sdray-", dir="/tmp")))
     gcs_port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
     nodes: int = 0
+    metrics_export_ports: list[int] = field(default_factory=list)  # one per node
 
     def __post_init__(self) -> None:
         self.token_path = self.root / "token"
         self.token_path.write_text(secrets.token_hex(32))
         self.token_path.chmod(0o600)
         self.env = _client_env(self.token_path)
+        self.metrics_ports = {
+            "AUTOSCALER_METRIC_PORT": free_port(), "DASHBOARD_METRIC_PORT": free_port(),
+        }
+        self.env.update((name, str(port)) for name, port in self.metrics_ports.items())
 
     @property
     def gcs_address(self) -> str:
@@ -75,61 +140,61 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
     def _start(self, *args: str) -> None:
+        """``ray start`` with ``args``, then this node's own free ports and directory.
+
+        Nothing here chooses an address: that is up to ``args`` and ``env``.
+        """
+        self.metrics_export_ports.append(free_port())
         ports = [
             "--dashboard-agent-listen-port", str(free_port()),
-            "--metrics-export-port", str(free_port()),
+            "--metrics-export-port", str(self.metrics_export_ports[-1]),
             "--runtime-env-agent-port", str(free_port()),
         ]
         subprocess.run(
-            [RAY, "start", *args, *ports, "--node-ip-address", "127.0.0.1", "--num-cpus", "1",
+            [RAY, "start", *args, *ports, "--num-cpus", "1",
              "--object-store-memory", str(300 * 2**20), "--disable-usage-stats",
              "--temp-dir", str(self.root / f"node{self.nodes}")],
             check=True, capture_output=True, timeout=120, env=self.env,
         )
         self.nodes += 1
 
-    def start_head(self, *, dashboard: bool) -> None:
-        """Start the head; its dashboard (the job server) listens on loopback only."""
+    def start_head(self, *, dashboard: bool, flags: Sequence[str] = _MULTI_NODE_FLAGS) -> None:
+        """Start the head with ``flags``; by default its dashboard (the job server) listens on
+        loopback only. This cluster's ports come after ``flags`` and override theirs."""
+        self.client_server_port = free_port()
         self._start(
-            "--head", "--port", str(self.gcs_port), "--ray-client-server-port", str(free_port()),
-            "--include-dashboard", str(dashboard).lower(), "--dashboard-host", "127.0.0.1",
+            *flags, "--head", "--port", str(self.gcs_port),
+            "--ray-client-server-port", str(self.client_server_port),
+            "--include-dashboard", str(dashboard).lower(),
             "--dashboard-port", str(self.dashboard_port),
         )
 
     def add_node(self) -> None:
-        self._start("--address", self.gcs_address)
+        self._start("--address", self.gcs_address, *_MULTI_NODE_FLAGS[:2])
 
-    def _processes(self) -> list[psutil.Process]:
-        root = str(self.root)
-        owners = []
-        for proc in psutil.process_iter(["cmdline"]):
-            args = proc.info["cmdline"] or []
-            # Every Ray process names the temp dir, except the Ray Client server, which names
-            # the GCS address; workers and agents are children of those.
-            if any(root in arg or arg.endswith(f":{self.gcs_port}") for arg in args):
-                owners.append(proc)
-        found = {proc.pid: proc for proc in owners}
-        for proc in owners:
-            try:
-                found.update((child.pid, child) for child in proc.children(recursive=True))
-            except psutil.NoSuchProcess:
-                pass
-        found.pop(os.getpid(), None)
-        return list(found.values())
+    def processes(self) -> list[psutil.Process]:
+        # Every Ray process names the temp dir, except the Ray Client server, which names the
+        # GCS address; workers and agents are children of those.
+        return processes_naming(self.root, f":{self.gcs_port}")
 
     def stop(self) -> None:
         """Kill this cluster's processes (and only those), then delete its directory."""
-        procs = self._processes()
-        for sig, grace in ((signal.SIGTERM, 5), (signal.SIGKILL, 5)):
-            for proc in procs:
-                try:
-                    proc.send_signal(sig)
-                except psutil.NoSuchProcess:
-                    pass
-            _, procs = psutil.wait_procs(procs, timeout=grace)
-            if not procs:
-                break
+        kill_processes(self.processes())
         shutil.rmtree(self.root, ignore_errors=True)
+
+
+def start_laptop_cluster() -> LocalCluster:
+    """The cluster of docs/clusters.md section 2: one node, started with the variables that
+    recipe exports and its ``ray start --head`` flags (with this cluster's token and ports)."""
+    env, flags = laptop_recipe()
+    cluster = LocalCluster()
+    cluster.env.update((k, v) for k, v in env.items() if k != "RAY_AUTH_TOKEN_PATH")
+    try:
+        cluster.start_head(dashboard=True, flags=flags)
+    except BaseException:
+        cluster.stop()
+        raise
+    return cluster
 
 
 def start_cluster(*, dashboard: bool, num_nodes: int = 2) -> LocalCluster:

@@ -101,6 +101,36 @@ def test_launcher_config_is_valid_and_closed(name: str) -> None:
     assert "0.0.0.0" not in (CLUSTER / name).read_text()
 
 
+# What Ray would otherwise pick at random (and the workers' range, Ray's default): pinned, the
+# same on every node, so that a firewall can name them.
+NODE_PORT_FLAGS = (
+    "--node-manager-port", "--object-manager-port", "--min-worker-port", "--max-worker-port",
+    "--dashboard-agent-grpc-port", "--runtime-env-agent-port", "--metrics-export-port",
+)
+
+
+def _start_flags(commands: list[str]) -> dict[str, str]:
+    (start,) = [cmd for cmd in commands if "ray start" in cmd]
+    args = shlex.split(start)
+    return dict(arg.split("=", 1) for arg in args if arg.startswith("--") and "=" in arg)
+
+
+@pytest.mark.parametrize("name", LAUNCHER_FILES)
+def test_launcher_nodes_pin_the_ports_the_readme_lists(name: str) -> None:
+    raw = _yaml(name)
+    head = _start_flags(raw["head_start_ray_commands"])
+    worker = _start_flags(raw["worker_start_ray_commands"])
+    pinned = {flag: head.get(flag) for flag in NODE_PORT_FLAGS}
+    assert None not in pinned.values(), f"the head leaves ports to chance: {pinned}"
+    assert {flag: worker.get(flag) for flag in NODE_PORT_FLAGS} == pinned, "head and workers differ"
+    readme = (CLUSTER / "README.md").read_text()
+    table = readme.split("## Ports", 1)[1].split("\n## ", 1)[0]
+    rows = {line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")}
+    worker_range = pinned.pop("--min-worker-port") + "–" + pinned.pop("--max-worker-port")
+    for port in (head["--port"], head["--dashboard-port"], worker_range, *pinned.values()):
+        assert port in rows, f"cluster/README.md, Ports: no row for {port}"
+
+
 def _containers(job: dict[str, Any]) -> list[dict[str, Any]]:
     spec = job["spec"]["rayClusterSpec"]
     groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
