@@ -11,6 +11,7 @@ from sea_dist.graph.batch import MiniBatch
 from sea_dist.losses.ranking import bpr_loss, l2_reg
 from sea_dist.models.base import Recommender, triple_scores
 from sea_dist.models.encoders import layer_sum
+from sea_dist.models.tables import IdTable
 
 
 class LightGCN(Recommender):
@@ -54,21 +55,21 @@ class LightGCN(Recommender):
         self.num_users, self.num_items = num_users, num_items
         self.num_layers, self.reg_weight = num_layers, reg_weight
         # One table indexed by the homogeneous node id: users 0..U-1, items U..U+I-1.
-        self.embedding = nn.Parameter(torch.empty(num_users + num_items, embedding_dim))
+        self.embedding = IdTable(num_users + num_items, embedding_dim)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.xavier_uniform_(self.embedding)
+        nn.init.xavier_uniform_(self.embedding.weight)
 
     def id_tables(self) -> list[nn.Parameter]:
-        return [self.embedding]
+        return [self.embedding.weight]
 
     def node_embeddings(self, batch: MiniBatch) -> Tensor:
         if len(batch.blocks) != self.num_layers:
             raise ValueError(
                 f"batch has {len(batch.blocks)} blocks, model has {self.num_layers} layers"
             )
-        return layer_sum(batch.blocks, self.embedding[batch.input_nodes], mean=True)
+        return layer_sum(batch.blocks, self.embedding(batch.input_nodes), mean=True)
 
     def forward(self, batch: MiniBatch) -> dict[str, Any]:
         emb = self.node_embeddings(batch)
@@ -76,9 +77,9 @@ class LightGCN(Recommender):
         bpr = bpr_loss(pos, neg, log2=False)
         ids = batch.output_nodes
         reg = l2_reg(
-            self.embedding[ids[batch.users]],
-            self.embedding[ids[batch.pos_items]],
-            self.embedding[ids[batch.neg_items]],
+            self.embedding(ids[batch.users]),
+            self.embedding(ids[batch.pos_items]),
+            self.embedding(ids[batch.neg_items]),
         )
         loss = bpr + self.reg_weight * reg
         return {"loss": loss, "bpr": bpr.detach(), "reg": reg.detach()}

@@ -16,6 +16,7 @@ from sea_dist.losses.contrastive import info_nce
 from sea_dist.losses.ranking import bpr_loss
 from sea_dist.models.base import Recommender, assemble_inputs, triple_scores
 from sea_dist.models.encoders import FeatureMLP, layer_sum
+from sea_dist.models.tables import IdTable
 
 _NOISY_VIEWS = (1, 2)
 
@@ -123,26 +124,24 @@ class MENTOR(Recommender):
         self._source = {m: m for m in self.modalities}
         self._noisy = [f"{m}_n{k}" for k in _NOISY_VIEWS for m in self.modalities]
         self._source.update({f"{m}_n{k}": m for k in _NOISY_VIEWS for m in self.modalities})
-        self.user_tables = nn.ParameterDict(
-            {b: nn.Parameter(torch.empty(num_users, d)) for b in self._source}
-        )
+        self.user_tables = nn.ModuleDict({b: IdTable(num_users, d) for b in self._source})
         self.encoders = nn.ModuleDict(
             {b: FeatureMLP(feature_dims[m], hidden, d) for b, m in self._source.items()}
         )
         # ID branch: a free item table goes through the same MLP shape as a feature would.
-        self.id_users = nn.Parameter(torch.empty(num_users, d))
-        self.id_items = nn.Parameter(torch.empty(num_items, d))
+        self.id_users = IdTable(num_users, d)
+        self.id_items = IdTable(num_items, d)
         self.id_encoder = FeatureMLP(d, hidden, d)
-        self.user_weight = nn.Parameter(torch.empty(num_users, num_mod))  # w_u, [U, M]
+        self.user_weight = IdTable(num_users, num_mod)  # w_u, [U, M]
         self.mask_mlp = nn.Linear(num_mod * d, num_mod * d)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         with torch.no_grad():
             for table in (*self.user_tables.values(), self.id_users, self.id_items):
-                nn.init.xavier_normal_(table)
-            logits = nn.init.xavier_normal_(torch.empty_like(self.user_weight))
-            self.user_weight.copy_(F.softmax(logits, dim=1))  # softmax once, as SEA
+                nn.init.xavier_normal_(table.weight)
+            logits = nn.init.xavier_normal_(torch.empty_like(self.user_weight.weight))
+            self.user_weight.weight.copy_(F.softmax(logits, dim=1))  # softmax once, as SEA
         for module in (*self.encoders.values(), self.id_encoder, self.mask_mlp):
             module.reset_parameters()
 
@@ -152,7 +151,8 @@ class MENTOR(Recommender):
         return self.encoders
 
     def id_tables(self) -> list[nn.Parameter]:
-        return [*self.user_tables.values(), self.id_users, self.id_items, self.user_weight]
+        tables = (*self.user_tables.values(), self.id_users, self.id_items, self.user_weight)
+        return [t.weight for t in tables]
 
     def _branch_input(self, batch: MiniBatch, users: Tensor, items: Tensor) -> Tensor:
         return F.normalize(assemble_inputs(batch, users, items), dim=1)
@@ -160,11 +160,11 @@ class MENTOR(Recommender):
     def _inputs(self, batch: MiniBatch, branches: list[str]) -> Tensor:
         """Normalised inputs of the named feature branches, side by side ``[N_in, B * d]``."""
         user_ids = batch.input_nodes[~batch.input_is_item]
-        dtype = self.id_items.dtype
+        dtype = self.id_items.weight.dtype
         xs = []
         for b in branches:
             items = self.encoders[b](batch.item_features[self._source[b]].to(dtype))
-            xs.append(self._branch_input(batch, self.user_tables[b][user_ids], items))
+            xs.append(self._branch_input(batch, self.user_tables[b](user_ids), items))
         return torch.cat(xs, dim=1)
 
     def _fuse(self, batch: MiniBatch, xh: Tensor) -> Tensor:
@@ -172,7 +172,7 @@ class MENTOR(Recommender):
         n_out, num_mod = xh.shape[0], len(self.modalities)
         user_pos = torch.nonzero(batch.output_nodes < self.num_users, as_tuple=True)[0]
         scale = xh.new_ones(n_out, num_mod).index_copy(
-            0, user_pos, self.user_weight[batch.output_nodes[user_pos]]
+            0, user_pos, self.user_weight(batch.output_nodes[user_pos])
         )
         return (xh.view(n_out, num_mod, -1) * scale.unsqueeze(2)).view(n_out, -1)
 
@@ -199,7 +199,7 @@ class MENTOR(Recommender):
         item_ids = batch.input_nodes[batch.input_is_item] - self.num_users
         user_ids = batch.input_nodes[~batch.input_is_item]
         x_id = self._branch_input(
-            batch, self.id_users[user_ids], self.id_encoder(self.id_items[item_ids])
+            batch, self.id_users(user_ids), self.id_encoder(self.id_items(item_ids))
         )
         clean = layer_sum(batch.blocks, torch.cat([self._inputs(batch, self.modalities), x_id], 1))
         noisy = noisy_layer_sum(
@@ -218,8 +218,8 @@ class MENTOR(Recommender):
         pos, neg = triple_scores(r, batch)
         bpr = bpr_loss(pos, neg, log2=True)
         batch_users = batch.output_nodes[batch.users]
-        reg = torch.stack([self.user_tables[m][batch_users].pow(2).mean() for m in self.modalities])
-        reg = reg.sum() + self.user_weight[batch_users].pow(2).mean()
+        reg = torch.stack([self.user_tables[m](batch_users).pow(2).mean() for m in self.modalities])
+        reg = reg.sum() + self.user_weight(batch_users).pow(2).mean()
 
         user_rows = torch.nonzero(batch.output_nodes < self.num_users, as_tuple=True)[0]
         item_rows = batch.loss_items

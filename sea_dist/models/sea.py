@@ -16,6 +16,7 @@ from sea_dist.losses.mi import CLUB, neg_l2_distancing
 from sea_dist.losses.ranking import bpr_loss
 from sea_dist.models.base import Recommender, assemble_inputs, item_feature_rows, triple_scores
 from sea_dist.models.encoders import FeatureMLP, ProjectionHead, layer_sum
+from sea_dist.models.tables import IdTable
 
 _SHARED = "shared"  # key of the single estimator in the reference's cross-modal fit
 _CLUB_INPUTS = "_club_inputs"  # forward -> estimator_loss stash (detached projections)
@@ -117,10 +118,8 @@ class SEA(Recommender):
         self.num_users, self.num_items, self.params = num_users, num_items, params
         self.modalities = list(feature_dims)
         d, num_mod = params.embedding_dim, len(feature_dims)
-        self.user_tables = nn.ParameterDict(
-            {m: nn.Parameter(torch.empty(num_users, d)) for m in self.modalities}
-        )
-        self.user_weight = nn.Parameter(torch.empty(num_users, num_mod))  # w_u, [U, M]
+        self.user_tables = nn.ModuleDict({m: IdTable(num_users, d) for m in self.modalities})
+        self.user_weight = IdTable(num_users, num_mod)  # w_u, [U, M]
         # Per modality: full-width map L_m, feature MLP, and the split losses' projections.
         self.maps, self.encoders, self.heads = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
         self.to_generic, self.to_unique = nn.ModuleDict(), nn.ModuleDict()
@@ -143,10 +142,10 @@ class SEA(Recommender):
     def reset_parameters(self) -> None:
         with torch.no_grad():
             for table in self.user_tables.values():
-                nn.init.xavier_normal_(table)
+                nn.init.xavier_normal_(table.weight)
             # Softmax once at init; training then moves the weights freely (no softmax after).
-            logits = nn.init.xavier_normal_(torch.empty_like(self.user_weight))
-            self.user_weight.copy_(F.softmax(logits, dim=1))
+            logits = nn.init.xavier_normal_(torch.empty_like(self.user_weight.weight))
+            self.user_weight.weight.copy_(F.softmax(logits, dim=1))
         groups = (self.maps, self.encoders, self.heads, self.to_generic, self.to_unique)
         for group in (*groups, self.estimators):
             for module in group.values():
@@ -160,7 +159,7 @@ class SEA(Recommender):
         return list(self.estimators.parameters())
 
     def id_tables(self) -> list[nn.Parameter]:
-        return [*self.user_tables.values(), self.user_weight]
+        return [t.weight for t in (*self.user_tables.values(), self.user_weight)]
 
     def _encode(self, batch: MiniBatch) -> tuple[Tensor, dict[str, Tensor]]:
         """Fused output-node representations and each modality's mapped input-item features."""
@@ -173,7 +172,7 @@ class SEA(Recommender):
         for m in self.modalities:
             lin = self.maps[m]
             mapped[m] = lin(batch.item_features[m].to(lin.weight.dtype))  # [I_in, w_m]
-            x = assemble_inputs(batch, self.user_tables[m][user_ids], self.encoders[m](mapped[m]))
+            x = assemble_inputs(batch, self.user_tables[m](user_ids), self.encoders[m](mapped[m]))
             inputs.append(F.normalize(x, dim=1))
         # Propagation is linear and column-wise, so one pass over [x_1 | ... | x_M] equals M
         # per-modality passes (spec: each modality has its own parameter-free GCN).
@@ -181,7 +180,7 @@ class SEA(Recommender):
         n_out, num_mod = xh.shape[0], len(self.modalities)
         user_pos = torch.nonzero(batch.output_nodes < self.num_users, as_tuple=True)[0]
         scale = xh.new_ones(n_out, num_mod).index_copy(
-            0, user_pos, self.user_weight[batch.output_nodes[user_pos]]
+            0, user_pos, self.user_weight(batch.output_nodes[user_pos])
         )  # users: w_u, items: 1
         emb = (xh.view(n_out, num_mod, -1) * scale.unsqueeze(2)).view(n_out, -1)
         if batch.item_graph is not None:

@@ -11,6 +11,7 @@ from torch import Tensor, nn
 from sea_dist.graph.batch import MiniBatch
 from sea_dist.losses.ranking import bpr_loss, norm_reg
 from sea_dist.models.base import Recommender, item_feature_rows, triple_scores
+from sea_dist.models.tables import IdTable
 
 
 class VBPR(Recommender):
@@ -62,16 +63,16 @@ class VBPR(Recommender):
         self.num_users, self.num_items, self.reg_weight = num_users, num_items, reg_weight
         self.modalities = list(feature_dims)
         self._fan_in = sum(feature_dims.values())
-        self.user_embedding = nn.Parameter(torch.empty(num_users, 2 * embedding_dim))
-        self.item_embedding = nn.Parameter(torch.empty(num_items, embedding_dim))
+        self.user_embedding = IdTable(num_users, 2 * embedding_dim)
+        self.item_embedding = IdTable(num_items, embedding_dim)
         self.projections = nn.ModuleDict(
             {m: nn.Linear(d, embedding_dim) for m, d in feature_dims.items()}
         )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.xavier_uniform_(self.user_embedding)
-        nn.init.xavier_uniform_(self.item_embedding)
+        nn.init.xavier_uniform_(self.user_embedding.weight)
+        nn.init.xavier_uniform_(self.item_embedding.weight)
         # Xavier normal of the one [d, sum_m d_m] matrix MMRec uses, block by block.
         for proj in self.projections.values():
             if type(proj) is nn.Linear:
@@ -86,7 +87,7 @@ class VBPR(Recommender):
         return self.projections
 
     def id_tables(self) -> list[nn.Parameter]:
-        return [self.user_embedding, self.item_embedding]
+        return [self.user_embedding.weight, self.item_embedding.weight]
 
     def node_embeddings(self, batch: MiniBatch) -> Tensor:
         if batch.blocks:
@@ -95,12 +96,12 @@ class VBPR(Recommender):
         is_item = nodes >= self.num_users
         positions = torch.nonzero(is_item, as_tuple=True)[0]
         rows = item_feature_rows(batch, positions)  # with no blocks, inputs == outputs
-        dtype = self.item_embedding.dtype
+        dtype = self.item_embedding.weight.dtype
         visual = torch.stack(
             [self.projections[m](batch.item_features[m][rows].to(dtype)) for m in self.modalities]
         ).sum(dim=0)  # [I_out, d]
-        items = torch.cat([self.item_embedding[nodes[positions] - self.num_users], visual], dim=1)
-        users = self.user_embedding[nodes[~is_item]]  # [U_out, 2d]
+        items = torch.cat([self.item_embedding(nodes[positions] - self.num_users), visual], dim=1)
+        users = self.user_embedding(nodes[~is_item])  # [U_out, 2d]
         out = users.new_empty((len(nodes), users.shape[1]))
         out = out.index_copy(0, torch.nonzero(~is_item, as_tuple=True)[0], users)
         return out.index_copy(0, positions, items)

@@ -14,7 +14,7 @@ def make(toy: ToyGraph, num_layers: int, reg_weight: float = 1e-4) -> LightGCN:
 @pytest.mark.parametrize("num_layers", [0, 1, 3])
 def test_mean_over_layers_matches_dense(toy: ToyGraph, num_layers: int) -> None:
     model = make(toy, num_layers)
-    e0 = model.embedding.detach()
+    e0 = model.embedding.weight.detach()
     layers, h = [e0], e0
     for _ in range(num_layers):
         h = toy.a_hat @ h
@@ -29,7 +29,7 @@ def test_loss_is_bpr_plus_reg_on_layer0_rows(toy: ToyGraph) -> None:
     model = make(toy, 2, reg_weight=0.5)
     batch = toy.full_batch(2, toy.triples(6, num_negatives=2))
     out = model(batch)
-    e0 = model.embedding.detach()
+    e0 = model.embedding.weight.detach()
     rows = [e0[batch.users], e0[batch.pos_items], e0[batch.neg_items]]
     reg = sum(float(r.pow(2).sum()) for r in rows) / (2 * batch.batch_size)
     assert float(out["reg"]) == pytest.approx(reg, rel=1e-5)
@@ -45,4 +45,4 @@ def test_ignores_features_and_item_graph(toy: ToyGraph) -> None:
         torch.testing.assert_close(
             model.node_embeddings(plain), model.node_embeddings(toy.full_batch(2, triples))
         )
-    assert model.id_tables() == [model.embedding]
+    assert model.id_tables() == [model.embedding.weight]

@@ -37,13 +37,13 @@ def dense_views(model: MENTOR, toy: ToyGraph, num_layers: int) -> dict[str, Tens
     """The clean views r, g, v_m over the whole graph, written out densely."""
     u, hop = toy.num_users, toy.s_full
     branch = {
-        m: _gcn(toy, model.user_tables[m], model.encoders[m](toy.features[m]), num_layers)
+        m: _gcn(toy, model.user_tables[m].weight, model.encoders[m](toy.features[m]), num_layers)
         for m in model.modalities
     }
-    branch["id"] = _gcn(toy, model.id_users, model.id_encoder(model.id_items), num_layers)
+    branch["id"] = _gcn(toy, model.id_users.weight, model.id_encoder(model.id_items.weight), num_layers)
     num_mod = len(model.modalities)
     users = [
-        model.user_weight[:, k : k + 1] * branch[m][:u] for k, m in enumerate(model.modalities)
+        model.user_weight.weight[:, k : k + 1] * branch[m][:u] for k, m in enumerate(model.modalities)
     ]
     r = torch.cat([torch.cat(users, 1), torch.cat([branch[m][u:] for m in model.modalities], 1)])
     views = {"r": r, "g": torch.cat([branch["id"]] * num_mod, 1)}
@@ -71,8 +71,8 @@ def test_loss_terms_match_the_spec_on_a_full_batch(toy: ToyGraph) -> None:
         diff = (r[batch.users] * (r[batch.pos_items] - r[batch.neg_items[:, 0]])).sum(1)
         bpr = -torch.log2(torch.sigmoid(diff)).mean()
         users = batch.users
-        reg = sum(model.user_tables[m][users].pow(2).mean() for m in model.modalities)
-        reg = reg + model.user_weight[users].pow(2).mean()
+        reg = sum(model.user_tables[m](users).pow(2).mean() for m in model.modalities)
+        reg = reg + model.user_weight(users).pow(2).mean()
         # Over every node in full-graph mode; the reference's pairs for [g, r, image, text].
         align = moment_alignment([views["g"], r, views["image"], views["text"]])
     assert float(out["bpr"]) == pytest.approx(float(bpr), rel=1e-5)
@@ -100,7 +100,7 @@ def test_graph_perturbation_contrasts_the_two_noisy_views(toy: ToyGraph) -> None
     with torch.no_grad():
         for m in model.modalities:
             for k in (1, 2):
-                model.user_tables[f"{m}_n{k}"].copy_(model.user_tables[m])
+                model.user_tables[f"{m}_n{k}"].weight.copy_(model.user_tables[m].weight)
                 model.encoders[f"{m}_n{k}"].load_state_dict(model.encoders[m].state_dict())
     batch = toy.full_batch(2, toy.triples(6))
     with torch.no_grad():

@@ -30,12 +30,12 @@ def dense_reference(model: SEA, toy: ToyGraph, num_layers: int) -> Tensor:
     users, items = [], []
     for k, m in enumerate(model.modalities):
         f = model.encoders[m](model.maps[m](toy.features[m]))
-        x = F.normalize(torch.cat([model.user_tables[m], f]), dim=1)
+        x = F.normalize(torch.cat([model.user_tables[m].weight, f]), dim=1)
         xh, h = x.clone(), x
         for _ in range(num_layers):
             h = toy.a_hat @ h
             xh = xh + h
-        users.append(model.user_weight[:, k : k + 1] * xh[:u])
+        users.append(model.user_weight.weight[:, k : k + 1] * xh[:u])
         items.append(xh[u:])
     i0 = torch.cat(items, dim=1)
     return torch.cat([torch.cat(users, dim=1), i0 + toy.s_items @ i0])
@@ -62,7 +62,7 @@ def test_item_hop_leaves_users_alone(toy: ToyGraph) -> None:
 
 
 def test_fusion_weights_start_as_a_softmax(toy: ToyGraph) -> None:
-    w = make_sea(toy).user_weight.detach()
+    w = make_sea(toy).user_weight.weight.detach()
     assert w.shape == (toy.num_users, 2)
     assert (w > 0).all()
     torch.testing.assert_close(w.sum(1), torch.ones(toy.num_users))
@@ -190,7 +190,7 @@ def test_three_modalities() -> None:
     out = model(batch)
     out["loss"].backward()
     assert torch.isfinite(out["loss"]) and set(model.estimators) == {"image", "text", "audio"}
-    assert model.user_weight.grad is not None and model.user_weight.shape == (toy.num_users, 3)
+    assert model.user_weight.weight.grad is not None and model.user_weight.weight.shape == (toy.num_users, 3)
 
 
 def test_half_precision_features_are_accepted(toy: ToyGraph) -> None:

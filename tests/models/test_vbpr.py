@@ -30,9 +30,9 @@ def test_items_are_id_vector_plus_a_linear_map_of_the_concatenated_features(
         weight = torch.cat([model.projections[m].weight for m in model.modalities], dim=1)
         bias = sum(model.projections[m].bias for m in model.modalities)
         raw = torch.cat([toy.features[m] for m in model.modalities], dim=1)
-        items = torch.cat([model.item_embedding, F.linear(raw, weight, bias)], dim=1)
+        items = torch.cat([model.item_embedding.weight, F.linear(raw, weight, bias)], dim=1)
     assert emb.shape == (toy.num_nodes, 16)
-    torch.testing.assert_close(emb[: toy.num_users], model.user_embedding.detach())
+    torch.testing.assert_close(emb[: toy.num_users], model.user_embedding.weight.detach())
     torch.testing.assert_close(emb[toy.num_users :], items, rtol=1e-5, atol=1e-6)
 
 
@@ -81,5 +81,5 @@ def test_refuses_propagation_blocks(toy: ToyGraph) -> None:
 
 def test_id_tables_are_the_free_vectors(toy: ToyGraph) -> None:
     model = make_vbpr(toy)
-    expected = {id(model.user_embedding), id(model.item_embedding)}
+    expected = {id(model.user_embedding.weight), id(model.item_embedding.weight)}
     assert {id(p) for p in model.id_tables()} == expected

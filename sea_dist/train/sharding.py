@@ -1,0 +1,209 @@
+"""Row-wise sharded ID tables: each worker stores 1/P of every table's rows and their state.
+
+A table of ``N`` rows is cut into ``P`` contiguous blocks of ``ceil(N / P)`` rows (the last one
+padded); rank ``r`` owns block ``r``. A lookup is two ``all_to_all_single`` calls on a process
+group of its own: the ids go to the ranks that own them, the rows come back. Its backward sends
+each row's gradient to the owner, which sums what every rank sent, divided by ``P`` (the mean
+that DDP and the replicated row-sparse sync take), into a sparse gradient of its own block;
+``SparseAdam`` then updates the owned rows, with moments for those rows only. No rank allocates
+a full table, gradient or optimizer state while training. Every rank must look tables up the
+same number of times in the same order in a step, as DDP requires of its collectives: the
+models have one code path, so they do.
+
+Checkpoints keep the replicated layout: :func:`gather_model_state` and
+:func:`gather_optimizer_state` assemble full tables and moments on rank 0, and
+:func:`shard_model_state` / :func:`shard_optimizer_state` cut them for any number of workers,
+so a run resumes on a different worker count and a sharded checkpoint loads into an unsharded
+model (``sea-dist evaluate``).
+
+Why not TorchRec: it was tried first (torchrec 0.6.0, fbgemm-gpu-cpu 0.6.0, torch 2.2.1, gloo,
+CPU), and row-wise sharding does not train there:
+
+- ``EmbeddingCollection`` (one row per id, what a GNN needs) fails its first sharded lookup with
+  "Split sizes doesn't match total dim 0 size": fbgemm's CPU kernel ignores
+  ``PoolingMode.NONE`` and sums the ids of a bag (FBGEMM issue 4586, open in fbgemm 1.1.0);
+- a row-wise ``EmbeddingBagCollection`` needs an asynchronous reduce-scatter that gloo lacks:
+  "Gloo reduce_scatter_base fallback not supported with async_op=True" (torchrec issue 1252);
+- the fused CPU optimizers are SGD and Adagrad variants only ("Optimizer adam is not supported
+  in CPU mode"), and the models train with Adam;
+- a sharded module cannot load a plain CPU state dict ("Device index must not be negative").
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from sea_dist.models.tables import IdTable
+
+
+class ShardedIdTable(nn.Module):
+    """The rows ``[rank * block, (rank + 1) * block)`` of an :class:`IdTable`, looked up from
+    every rank.
+
+    Args:
+        table: the full table to take this rank's rows from (its other rows are not kept).
+        rank: this worker's rank; world: the number of workers.
+        group: the process group of the lookups' all-to-alls.
+
+    Attributes:
+        weight: ``[block, dim]``, this rank's rows (padding rows past ``num_rows`` are never read).
+        bytes_sent: bytes of ids, rows and gradients this rank sent to others, since last reset.
+    """
+
+    def __init__(self, table: IdTable, rank: int, world: int, group: Any) -> None:
+        super().__init__()
+        self.num_rows, self.dim = table.num_rows, table.dim
+        self.rank, self.world, self.group = rank, world, group
+        self.block = math.ceil(self.num_rows / world)
+        self.weight = nn.Parameter(_block_of(table.weight.detach(), rank, self.block).clone())
+        self.bytes_sent = 0
+
+    def forward(self, ids: Tensor) -> Tensor:
+        rows = _ShardedLookup.apply(self.weight, ids.reshape(-1), self)
+        return rows.view(*ids.shape, self.dim)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_rows}, {self.dim}, rows {self.rank * self.block}+{self.block} of {self.world}"
+
+
+def _block_of(full: Tensor, rank: int, block: int) -> Tensor:
+    """Rows ``[rank * block, (rank + 1) * block)`` of ``full``, zero-padded to ``block`` rows."""
+    part = full[rank * block : (rank + 1) * block]
+    if part.shape[0] == block:
+        return part
+    return torch.cat([part, part.new_zeros((block - part.shape[0], *part.shape[1:]))])
+
+
+def _exchange(values: Tensor, send: list[int], recv: list[int], group: Any) -> Tensor:
+    out = values.new_empty((sum(recv), *values.shape[1:]))
+    dist.all_to_all_single(out, values.contiguous(), recv, send, group=group)
+    return out
+
+
+class _ShardedLookup(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, weight: Tensor, ids: Tensor, table: ShardedIdTable) -> Tensor:
+        owner = torch.div(ids, table.block, rounding_mode="floor")
+        order = torch.argsort(owner, stable=True)
+        send_counts = torch.bincount(owner, minlength=table.world)
+        recv_counts = torch.empty_like(send_counts)
+        dist.all_to_all_single(recv_counts, send_counts, group=table.group)
+        send, recv = send_counts.tolist(), recv_counts.tolist()
+        local = _exchange(ids[order], send, recv, table.group) - table.rank * table.block
+        rows = _exchange(weight[local], recv, send, table.group)
+        out = torch.empty_like(rows)
+        out[order] = rows
+        ctx.save_for_backward(order, local)
+        ctx.table, ctx.send, ctx.recv = table, send, recv
+        mine = table.rank
+        row_bytes = weight.shape[1] * weight.element_size()
+        # ids out, rows back, gradients out again (backward): to the other ranks only
+        table.bytes_sent += (sum(send) - send[mine]) * (ids.element_size() + row_bytes)
+        table.bytes_sent += (sum(recv) - recv[mine]) * row_bytes
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
+        order, local = ctx.saved_tensors
+        table: ShardedIdTable = ctx.table
+        received = _exchange(grad[order], ctx.send, ctx.recv, table.group)
+        grad_weight = torch.sparse_coo_tensor(
+            local.unsqueeze(0), received / table.world, (table.block, table.dim)
+        ).coalesce()
+        # Rows whose gradient sums to zero are left out, as the replicated sync leaves them
+        # out: SparseAdam decays the moments of every row present, zero or not.
+        keep = grad_weight.values().abs().sum(dim=1) != 0
+        grad_weight = torch.sparse_coo_tensor(
+            grad_weight.indices()[:, keep], grad_weight.values()[keep], grad_weight.shape
+        )
+        return grad_weight, None, None
+
+
+def shard_tables(model: nn.Module, rank: int, world: int) -> dict[str, ShardedIdTable]:
+    """Replace every :class:`IdTable` of ``model`` by this rank's :class:`ShardedIdTable`.
+
+    Collective: every rank calls it on the same model (it creates the lookups' process group).
+
+    Returns:
+        Module name -> sharded table, in ``model.named_modules()`` order.
+    """
+    group = dist.new_group(backend=dist.get_backend())
+    sharded: dict[str, ShardedIdTable] = {}
+    for name, module in list(model.named_modules()):
+        if isinstance(module, IdTable):
+            parent_name, _, child = name.rpartition(".")
+            parent = model.get_submodule(parent_name)
+            sharded[name] = ShardedIdTable(module, rank, world, group)
+            setattr(parent, child, sharded[name])
+    return sharded
+
+
+def take_bytes_sent(tables: dict[str, ShardedIdTable]) -> int:
+    """Bytes the tables sent since the last call (and reset the counters)."""
+    sent = sum(t.bytes_sent for t in tables.values())
+    for t in tables.values():
+        t.bytes_sent = 0
+    return sent
+
+
+def _gather_rows(local: Tensor, table: ShardedIdTable) -> Tensor | None:
+    """The full ``[num_rows, ...]`` tensor on rank 0 from every rank's block (None elsewhere)."""
+    parts = [torch.empty_like(local) for _ in range(table.world)] if table.rank == 0 else None
+    dist.gather(local.contiguous(), parts, dst=0, group=table.group)
+    return None if parts is None else torch.cat(parts)[: table.num_rows]
+
+
+def gather_model_state(model: nn.Module, tables: dict[str, ShardedIdTable]) -> dict[str, Tensor] | None:
+    """``model.state_dict()`` with full tables, on rank 0; ``None`` on the other ranks.
+
+    Collective: every rank must call it.
+    """
+    state = model.state_dict()
+    for name, table in tables.items():
+        full = _gather_rows(state[f"{name}.weight"], table)
+        if full is not None:
+            state[f"{name}.weight"] = full
+    return state if next(iter(tables.values())).rank == 0 else None
+
+
+def shard_model_state(state: dict[str, Tensor], tables: dict[str, ShardedIdTable]) -> dict[str, Tensor]:
+    """A full (replicated-layout) state dict cut to this rank's rows of every sharded table."""
+    state = dict(state)
+    for name, table in tables.items():
+        state[f"{name}.weight"] = _block_of(state[f"{name}.weight"], table.rank, table.block)
+    return state
+
+
+def gather_optimizer_state(
+    optimizer: torch.optim.Optimizer, tables: list[ShardedIdTable]
+) -> dict[str, Any] | None:
+    """The state dict of the optimizer over ``tables``' shards, as one over the full tables
+    (rank 0; ``None`` elsewhere). Collective."""
+    state = optimizer.state_dict()
+    full: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
+    for index, table in enumerate(tables):
+        entry = state["state"].get(index, {})
+        gathered = {}
+        for key in ("exp_avg", "exp_avg_sq"):
+            local = entry.get(key, torch.zeros_like(table.weight))
+            gathered[key] = _gather_rows(local, table)
+        if table.rank == 0:
+            full["state"][index] = {"step": entry.get("step", 0), **gathered}
+    return full if tables[0].rank == 0 else None
+
+
+def shard_optimizer_state(state: dict[str, Any], tables: list[ShardedIdTable]) -> dict[str, Any]:
+    """A full-table optimizer state dict cut to this rank's rows."""
+    local = {"param_groups": state["param_groups"], "state": {}}
+    for index, entry in state["state"].items():
+        table = tables[int(index)]
+        local["state"][index] = {
+            key: _block_of(value, table.rank, table.block) if key != "step" else value
+            for key, value in entry.items()
+        }
+    return local
