@@ -94,7 +94,7 @@ def load(name: str, data_dir: Path, knn_cache: Path) -> tuple[UserItemGraph, Ite
     item_graph = None
     if features:
         start = time.perf_counter()
-        item_graph = build_item_graph(list(features.values()), 0.1, 10, "auto", 200_000,
+        item_graph = build_item_graph(features, None, 10, "auto", 200_000,
                                       cache_dir=knn_cache, cache_key=cache_key)
         info["item_graph_build_s"] = time.perf_counter() - start
         info["item_graph"] = item_graph.info

@@ -29,7 +29,7 @@ from sea_dist.data.store import Store, resolve_store, verify_store_cached
 from sea_dist.errors import CheckpointError, ConfigError, DivergenceError
 from sea_dist.eval.evaluator import EarlyStopping, Evaluator
 from sea_dist.graph.build import UserItemGraph, build_graph
-from sea_dist.graph.knn import ItemGraph, build_item_graph
+from sea_dist.graph.knn import ItemGraph, build_item_graph, modality_weights
 from sea_dist.graph.loader import MiniBatchLoader, full_graph_batch
 from sea_dist.graph.partition import partition_seed_edges
 from sea_dist.models.base import Recommender
@@ -69,6 +69,7 @@ def prepare_data(cfg: RunCfg) -> TrainingData:
             f"data.modalities: {', '.join(unknown)} not in the store {store.path} "
             f"(has {', '.join(store.modalities) or 'none'})"
         )
+    item_graph_weights(cfg, modalities)  # refused even by runs that build no item graph
     users, items = store.edges(0)
     graph = build_graph(store.num_users, store.num_items, users, items)
     features = {m: store.features(m) for m in modalities}
@@ -78,11 +79,23 @@ def prepare_data(cfg: RunCfg) -> TrainingData:
     return TrainingData(store, modalities, graph, item_graph, features)
 
 
+def item_graph_weights(cfg: RunCfg, modalities: list[str]) -> dict[str, float]:
+    """``graph.modality_weights`` resolved over the run's modalities (see ``modality_weights``).
+
+    Raises:
+        ConfigError: a weight names a modality the run does not use, or they cannot sum to 1.
+    """
+    try:
+        return modality_weights(modalities, cfg.graph.modality_weights)
+    except ValueError as exc:
+        raise ConfigError(f"graph.modality_weights: {exc}") from None
+
+
 def store_item_graph(store: Store, modalities: list[str], cfg: RunCfg) -> ItemGraph:
     """The item kNN graph of ``store``'s features, cached where every run of it looks."""
     return build_item_graph(
-        [store.features(m) for m in modalities],
-        first_modality_weight=cfg.graph.first_modality_weight,
+        {m: store.features(m) for m in modalities},
+        weights=item_graph_weights(cfg, modalities),
         k=cfg.graph.knn_k,
         method=cfg.graph.knn_method,
         exact_max_items=cfg.graph.knn_exact_max_items,

@@ -20,8 +20,9 @@ def data(tmp_path):
 
 def make_loader(data, **kwargs):
     graph = build_graph(data.num_users, data.num_items, data.users, data.items)
-    item_graph = build_item_graph([np.asarray(f, dtype=np.float32) for f in data.features.values()
-                                   if f.dtype != object], 0.1, 3, "exact", 1000)
+    dense = {m: np.asarray(f, dtype=np.float32) for m, f in data.features.items()
+             if f.dtype != object}
+    item_graph = build_item_graph(dense, None, 3, "exact", 1000)
     args = dict(mode="sampled", fanouts=[3, "all"], num_layers=2, item_hops=1, batch_size=16,
                 num_negatives=2, seed=0, features=data.features)
     args.update(kwargs)

@@ -68,7 +68,7 @@ def test_a_user_with_every_item_is_an_error():
 def setup():
     data = random_interactions(num_users=60, num_items=45, seed=1)
     graph = build_graph(data.num_users, data.num_items, data.users, data.items)
-    item_graph = build_item_graph(list(data.features.values()), 0.1, 4, "exact", 1000)
+    item_graph = build_item_graph(data.features, None, 4, "exact", 1000)
     x_all = torch.randn(graph.num_nodes, 8, generator=torch.Generator().manual_seed(0)).double()
     return data, graph, item_graph, x_all
 

@@ -109,5 +109,5 @@ def test_bad_optimizer_settings(toy: ToyGraph) -> None:
         build_optimizers(model, lr=1e-3)
     with pytest.raises(ValueError, match="weight_decay"):
         build_optimizers(model, lr=1e-3, weight_decay=1e-4, estimator_lr=1e-4, sparse_tables=True)
-    plain = SEA(3, 4, {"a": 4, "b": 4}, SEAParams(distancing="neg_l2"))
+    plain = SEA(3, 4, {"a": 4, "b": 4}, SEAParams(distancing="neg_l2", solo_anchor="b"))
     assert build_optimizers(plain, lr=1e-3)["estimator"] is None
