@@ -113,6 +113,9 @@ class SEACfg(_ModelBase):
     (``estimator_cross_modal``) conditions on. The default (``null``) is the reference's: its
     t_feat modality, i.e. the one modality other than image (text on the Amazon sets, audio
     on TikTok); other runs must name it.
+
+    ``estimator_lr`` is the CLUB estimator's own Adam learning rate; by default (``null``) it
+    follows ``train.lr``, as the reference's estimator optimizer does.
     """
 
     name: Literal["sea", "sand"] = "sea"
@@ -134,7 +137,9 @@ class SEACfg(_ModelBase):
     proj_hidden: int = Field(default=64, ge=1)
     proj_dim: int = Field(default=32, ge=1, description="output width of the SoloSim heads")
     estimator_steps: int = Field(default=50, ge=0)
-    estimator_lr: float = Field(default=1e-4, gt=0.0)
+    estimator_lr: float | None = Field(
+        default=None, gt=0.0, description="CLUB estimator learning rate (default: train.lr)"
+    )
     estimator_cross_modal: bool = Field(
         default=False, description="reproduce the reference code's cross-modal CLUB fit"
     )
@@ -185,6 +190,12 @@ class TrainCfg(_Section):
     mode: Literal["full", "sampled"] = "full"
     fanouts: list[Fanout] = Field(default_factory=lambda: [10, 10])
     num_negatives: int = Field(default=1, ge=1)
+    # MMRec draws negatives from the items of the training split (TikTok: 6,245 of 6,710);
+    # all_items also draws items that appear only in valid/test, or nowhere.
+    negatives: Literal["train_items", "all_items"] = Field(
+        default="train_items",
+        description="pool of BPR negatives; a user's own training items are always excluded",
+    )
     workers: int = Field(default=1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps_per_epoch: int | None = Field(default=None, ge=1)

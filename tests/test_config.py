@@ -31,8 +31,10 @@ def test_reference_hyperparameters() -> None:
     assert cfg.train.lr == pytest.approx(1e-4)  # "1e-4" must parse as a float, not a string
     assert cfg.train.seed == 999 and cfg.train.patience == 20
     assert cfg.graph.knn_k == 10
-    # Unset: the reference's roles by name (image 0.1; SoloSim on the other modality).
+    # Unset: the reference's roles by name (image 0.1; SoloSim on the other modality), the
+    # CLUB estimator at train.lr, negatives from the training split's items.
     assert cfg.graph.modality_weights is None and cfg.model.solo_anchor is None
+    assert cfg.model.estimator_lr is None and cfg.train.negatives == "train_items"
 
 
 def test_modality_weights_by_name() -> None:
@@ -107,6 +109,7 @@ def test_missing_required_key(tmp_path: Path) -> None:
         ("train.lr=abc", r"^--set train\.lr=abc: train\.lr: Input should be a valid number"),
         ("train.mode=fast", r"^--set train\.mode=fast: train\.mode: Input should be 'full' or"),
         ("train.lr", r"expected section\.key=value"),
+        ("train.negatives=seen", r"^--set train\.negatives=seen: train\.negatives: Input should"),
         ("eval.metric=recall@50", r"^--set eval\.metric=recall@50: eval: .*needs 50 in eval\.k"),
     ],
 )

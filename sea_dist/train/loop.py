@@ -198,6 +198,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         item_hops=cfg.graph.item_hops,
         batch_size=cfg.train.batch_size,
         num_negatives=cfg.train.num_negatives,
+        negatives=cfg.train.negatives,
         seed=cfg.train.seed + 7919 * rank,
         seed_edges=parts.seed_edges(rank),
         max_steps=cfg.train.max_steps_per_epoch,

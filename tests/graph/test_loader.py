@@ -90,6 +90,25 @@ def test_full_mode_equals_dense_reference(data):
     assert evaluation.item_features["m0"].shape == (graph.num_items, 6)
 
 
+@pytest.mark.parametrize("mode", ["sampled", "full"])
+def test_negatives_come_from_the_training_items_by_default(data, mode):
+    cold = data.num_items - 1  # in no training row (see random_interactions)
+    fanouts = [3, "all"] if mode == "sampled" else []
+
+    def drawn(**kwargs) -> set[int]:
+        graph, _, loader = make_loader(data, mode=mode, fanouts=fanouts, **kwargs)
+        items: set[int] = set()
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            for batch in loader:
+                neg = batch.output_nodes[batch.neg_items] - graph.num_users
+                items |= set(neg.ravel().tolist())
+        return items
+
+    assert cold not in drawn() and cold not in drawn(negatives="train_items")
+    assert cold in drawn(negatives="all_items")
+
+
 def test_same_seed_same_batches(data):
     def assert_same(a, b):
         ids_a, ids_b = a.output_nodes, b.output_nodes
