@@ -157,7 +157,14 @@ def _dense_bytes_per_step(model: Recommender) -> int:
 
 
 def _full_embeddings(model: Recommender, full_batch: Any) -> torch.Tensor:
-    """Final representations of every node ``[U + I, d]``, for ranking."""
+    """Final representations of every node ``[U + I, d]``, for ranking.
+
+    Recomputed over the full graph, in eval mode, from the parameters the epoch ended with. The
+    reference ranks instead with what its last training forward cached (``result_embed``),
+    i.e. from before the epoch's last optimizer step and in training mode; recomputing ranks
+    the model that is checkpointed, and works the same when training is sampled (no training
+    forward there covers every node).
+    """
     model.eval()
     with torch.no_grad():
         emb = model.node_embeddings(full_batch)
