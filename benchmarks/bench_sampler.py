@@ -42,7 +42,7 @@ from sea_dist.graph.build import UserItemGraph, build_graph
 from sea_dist.graph.knn import ItemGraph, build_item_graph
 from sea_dist.graph.loader import MiniBatchLoader, gather_rows
 from sea_dist.graph.partition import partition_seed_edges
-from sea_dist.graph.sampler import BlockSampler, output_nodes_for, sample_negatives
+from sea_dist.graph.sampler import BlockSampler, negative_pool, output_nodes_for, sample_negatives
 from sea_dist.io import atomic_write_text
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -94,7 +94,7 @@ def load(name: str, data_dir: Path, knn_cache: Path) -> tuple[UserItemGraph, Ite
     item_graph = None
     if features:
         start = time.perf_counter()
-        item_graph = build_item_graph(list(features.values()), 0.1, 10, "auto", 200_000,
+        item_graph = build_item_graph(features, None, 10, "auto", 200_000,
                                       cache_dir=knn_cache, cache_key=cache_key)
         info["item_graph_build_s"] = time.perf_counter() - start
         info["item_graph"] = item_graph.info
@@ -145,12 +145,13 @@ def time_stages(graph: UserItemGraph, item_graph: ItemGraph | None, features: di
     dgl.utils.set_num_threads(1)
     sampler = BlockSampler(graph, [10, 10])
     rng = np.random.default_rng(0)
+    pool = negative_pool(graph, "train_items")  # the training default
     totals = dict.fromkeys(("negatives", "output_nodes", "blocks", "features"), 0.0)
     for _ in range(steps):
         edge_ids = rng.choice(graph.num_edges, batch_size, replace=False)
         t0 = time.perf_counter()
         users = graph.edge_users(edge_ids)
-        neg = sample_negatives(graph, users, 1, rng)
+        neg = sample_negatives(graph, users, 1, rng, pool)
         t1 = time.perf_counter()
         output, _ = output_nodes_for(graph.num_users, users, graph.edge_items(edge_ids), neg, item_graph)
         t2 = time.perf_counter()

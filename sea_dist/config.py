@@ -14,7 +14,14 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from sea_dist.errors import ConfigError
 
@@ -31,7 +38,9 @@ class DataCfg(_Section):
 
     path: str = Field(description="a store directory, or an MMRec directory imported on the fly")
     modalities: list[str] | None = Field(
-        default=None, description="modalities to use, in this order (default: all in the store)"
+        default=None,
+        description="modalities to use (default: all in the store, in its order); roles are by "
+        "name (graph.modality_weights, model.solo_anchor), so the order only lays out columns",
     )
     cache_dir: str = Field(
         default="runs/cache", description="imported stores and kNN graphs are cached here"
@@ -39,14 +48,30 @@ class DataCfg(_Section):
 
 
 class GraphCfg(_Section):
-    """Item-item semantic graphs (spec section 1)."""
+    """Item-item semantic graphs (spec section 1).
+
+    ``modality_weights`` weighs each modality's kNN graph in ``S = sum_m w_m S_m`` by modality
+    name, e.g. ``{image: 0.1, audio: 0.9}``; modalities it does not name share what is left
+    equally. The default (``null``) is the reference's: image 0.1 and the other modality 0.9
+    (text on the Amazon sets, audio on TikTok); a run without an image modality weighs its
+    modalities equally. Naming a modality the run does not use is refused before training.
+    """
 
     knn_k: int = Field(default=10, ge=1)
     knn_method: Literal["auto", "exact", "ann"] = "auto"
     # "auto" switches to approximate search above this many items.
     knn_exact_max_items: int = Field(default=200_000, ge=1)
-    first_modality_weight: float = Field(default=0.1, ge=0.0, le=1.0)
+    modality_weights: dict[str, Annotated[float, Field(ge=0.0, le=1.0)]] | None = Field(
+        default=None, description="item-graph weight per modality name (default: image 0.1)"
+    )
     item_hops: int = Field(default=1, ge=0)
+
+    @field_validator("modality_weights")
+    @classmethod
+    def _weights_leave_a_share(cls, weights: dict[str, float] | None) -> dict[str, float] | None:
+        if weights is not None and sum(weights.values()) > 1.0 + 1e-6:
+            raise ValueError(f"weights sum to {sum(weights.values()):g}; they must not exceed 1")
+        return weights
 
 
 class _ModelBase(_Section):
@@ -81,7 +106,17 @@ class LightGCNCfg(_ModelBase):
 
 
 class SEACfg(_ModelBase):
-    """SEA (distancing="club") and SAND (distancing="neg_l2"); spec section 2."""
+    """SEA (distancing="club") and SAND (distancing="neg_l2"); spec section 2.
+
+    ``solo_anchor`` names the modality SoloSim anchors on (InfoNCE from it to every other
+    modality's candidates), which is also the side the cross-modal CLUB fit
+    (``estimator_cross_modal``) conditions on. The default (``null``) is the reference's: its
+    t_feat modality, i.e. the one modality other than image (text on the Amazon sets, audio
+    on TikTok); other runs must name it.
+
+    ``estimator_lr`` is the CLUB estimator's own Adam learning rate; by default (``null``) it
+    follows ``train.lr``, as the reference's estimator optimizer does.
+    """
 
     name: Literal["sea", "sand"] = "sea"
     feature_hidden: int = Field(default=256, ge=1)
@@ -90,6 +125,9 @@ class SEACfg(_ModelBase):
     )
     distancing: Literal["club", "neg_l2", "none"] = "club"
     use_solo: bool = True
+    solo_anchor: str | None = Field(
+        default=None, description="SoloSim's anchor modality (default: the one that is not image)"
+    )
     alpha: float = Field(default=0.012, ge=0.0)
     tau: float = Field(default=0.2, gt=0.0)
     ureg: float = Field(default=0.006, ge=0.0)
@@ -99,7 +137,9 @@ class SEACfg(_ModelBase):
     proj_hidden: int = Field(default=64, ge=1)
     proj_dim: int = Field(default=32, ge=1, description="output width of the SoloSim heads")
     estimator_steps: int = Field(default=50, ge=0)
-    estimator_lr: float = Field(default=1e-4, gt=0.0)
+    estimator_lr: float | None = Field(
+        default=None, gt=0.0, description="CLUB estimator learning rate (default: train.lr)"
+    )
     estimator_cross_modal: bool = Field(
         default=False, description="reproduce the reference code's cross-modal CLUB fit"
     )
@@ -150,6 +190,12 @@ class TrainCfg(_Section):
     mode: Literal["full", "sampled"] = "full"
     fanouts: list[Fanout] = Field(default_factory=lambda: [10, 10])
     num_negatives: int = Field(default=1, ge=1)
+    # MMRec draws negatives from the items of the training split (TikTok: 6,245 of 6,710);
+    # all_items also draws items that appear only in valid/test, or nowhere.
+    negatives: Literal["train_items", "all_items"] = Field(
+        default="train_items",
+        description="pool of BPR negatives; a user's own training items are always excluded",
+    )
     workers: int = Field(default=1, ge=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_steps_per_epoch: int | None = Field(default=None, ge=1)
@@ -284,6 +330,13 @@ def _apply_override(raw: dict[str, Any], parts: tuple[str, ...], value: Any) -> 
     node[parts[-1]] = value
 
 
+# Keys that were removed, with what replaces them: said by name rather than "unknown key".
+_REMOVED_KEYS = {
+    "graph.first_modality_weight": "removed: it weighed modalities by position; weigh them by "
+    "name with graph.modality_weights (default: image 0.1, the other modality 0.9)",
+}
+
+
 def _error_path(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
     # The discriminated model union puts the tag into the location: model.sea.alpha -> model.alpha.
     parts = [str(p) for p in loc]
@@ -304,7 +357,7 @@ def validate_config(raw: dict[str, Any], source: str, overrides: dict[str, str] 
         key = _error_path(tuple(err["loc"]), raw)
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
-            msg = "unknown key"
+            msg = _REMOVED_KEYS.get(key, "unknown key")
         elif err["type"] == "missing":
             msg = "required key is missing"
         elif err["type"] == "union_tag_invalid":

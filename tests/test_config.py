@@ -30,7 +30,31 @@ def test_reference_hyperparameters() -> None:
     assert (cfg.model.alpha, cfg.model.tau, cfg.model.ureg) == (0.012, 0.2, 0.006)
     assert cfg.train.lr == pytest.approx(1e-4)  # "1e-4" must parse as a float, not a string
     assert cfg.train.seed == 999 and cfg.train.patience == 20
-    assert cfg.graph.knn_k == 10 and cfg.graph.first_modality_weight == 0.1
+    assert cfg.graph.knn_k == 10
+    # Unset: the reference's roles by name (image 0.1; SoloSim on the other modality), the
+    # CLUB estimator at train.lr, negatives from the training split's items.
+    assert cfg.graph.modality_weights is None and cfg.model.solo_anchor is None
+    assert cfg.model.estimator_lr is None and cfg.train.negatives == "train_items"
+
+
+def test_modality_weights_by_name() -> None:
+    cfg = load_config(CONFIGS / "sea.yaml", ["graph.modality_weights={image: 0.1, audio: 0.9}"])
+    assert cfg.graph.modality_weights == {"image": 0.1, "audio": 0.9}
+    partial = load_config(CONFIGS / "sea.yaml", ["graph.modality_weights.image=0.2"])
+    assert partial.graph.modality_weights == {"image": 0.2}
+    with pytest.raises(ConfigError, match=r"graph\.modality_weights: weights sum to 1\.3; they"):
+        load_config(CONFIGS / "sea.yaml", ["graph.modality_weights={image: 0.7, audio: 0.6}"])
+    with pytest.raises(ConfigError, match=r"graph\.modality_weights\.image: .*less than or equal"):
+        load_config(CONFIGS / "sea.yaml", ["graph.modality_weights={image: 1.5}"])
+
+
+def test_removed_positional_weight_is_refused_by_name(tmp_path: Path) -> None:
+    path = _write(tmp_path, "data: {path: x}\ngraph: {first_modality_weight: 0.1}\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: graph.first_modality_weight: removed")
+    assert "graph.modality_weights" in message and "\n" not in message
 
 
 def test_sand_defaults_to_negative_l2() -> None:
@@ -85,6 +109,7 @@ def test_missing_required_key(tmp_path: Path) -> None:
         ("train.lr=abc", r"^--set train\.lr=abc: train\.lr: Input should be a valid number"),
         ("train.mode=fast", r"^--set train\.mode=fast: train\.mode: Input should be 'full' or"),
         ("train.lr", r"expected section\.key=value"),
+        ("train.negatives=seen", r"^--set train\.negatives=seen: train\.negatives: Input should"),
         ("eval.metric=recall@50", r"^--set eval\.metric=recall@50: eval: .*needs 50 in eval\.k"),
     ],
 )

@@ -4,7 +4,11 @@ An MMRec directory holds ``<name>.inter``, a tab-separated file with a header na
 ``userID``, ``itemID``, ``x_label`` (0 train, 1 valid, 2 test) and optionally ``rating`` and
 ``timestamp`` (RecBole-style ``name:type`` headers are accepted), plus one ``.npy`` matrix
 per modality whose row ``k`` belongs to ``itemID == k``. By default every ``*_feat.npy`` is a
-modality named by its prefix (``image_feat.npy`` -> ``image``), in alphabetical order.
+modality named by its prefix (``image_feat.npy`` -> ``image``), in the order MMRec's configs
+declare them: ``image`` (v_feat) first, then ``text`` and ``audio`` (t_feat), then any other
+prefix alphabetically; with an explicit modality mapping, its order. The store keeps that
+order, which is what ``data.modalities`` defaults to (roles are by name, so the order only
+lays out the embedding columns).
 
 Item count: ``max(itemID) + 1`` (MMRec's own convention); every feature matrix must have
 exactly that many rows. Users likewise number ``max(userID) + 1``. Ids are expected to be
@@ -48,6 +52,7 @@ import pyarrow.parquet as pq
 
 from sea_dist.data import npyio
 from sea_dist.data.schema import (
+    DECLARED_MODALITY_ORDER,
     INTERACTIONS_FILE,
     ITEM_ID,
     RATING,
@@ -113,8 +118,8 @@ def import_mmrec(
     Args:
         src: directory with ``<name>.inter`` and optional feature ``.npy`` files.
         out: the store directory to create; must not exist.
-        modalities: modality name -> feature file name inside ``src``; default: every
-            ``*_feat.npy``, named by its prefix.
+        modalities: modality name -> feature file name inside ``src``, in the store's order;
+            default: every ``*_feat.npy``, named by its prefix, in MMRec's declared order.
         duplicates: ``"error"`` or ``"keep-first"`` (see the module docstring).
         remap_ids: compact sparse user and item ids (see the module docstring).
 
@@ -235,8 +240,9 @@ def _find_inter(src: Path) -> Path:
 
 def _feature_files(src: Path, modalities: dict[str, str] | None) -> dict[str, Path]:
     if modalities is None:
-        found = sorted(src.glob(f"*{_FEATURE_SUFFIX}"))
-        return {p.name[: -len(_FEATURE_SUFFIX)]: p for p in found}
+        found = {p.name[: -len(_FEATURE_SUFFIX)]: p for p in src.glob(f"*{_FEATURE_SUFFIX}")}
+        declared = [m for m in DECLARED_MODALITY_ORDER if m in found]
+        return {m: found[m] for m in declared + sorted(found.keys() - set(declared))}
     paths = {}
     for name, file_name in modalities.items():
         if not re.fullmatch(r"[A-Za-z0-9_\-]+", name):

@@ -37,6 +37,13 @@ TIMESTAMP = "timestamp"
 
 SPLIT_NAMES = ("train", "valid", "test")
 
+# Modality roles are keyed on names, never on positions (spec sections 1 and 2). MMRec's configs
+# declare the vision features first (v_feat, image_feat.npy), then the text or audio ones
+# (t_feat: text_feat.npy on the Amazon sets, audio_feat.npy on TikTok); the importer keeps that
+# order, and the reference's defaults (item-graph weights, SoloSim anchor) single out IMAGE.
+IMAGE = "image"
+DECLARED_MODALITY_ORDER = (IMAGE, "text", "audio")
+
 # int32 ids hold 2**31 users or items, far beyond one machine's catalogue, and are what torch
 # indexes with cheaply after one widening copy.
 COLUMN_TYPES: dict[str, pa.DataType] = {

@@ -3,9 +3,9 @@
 For each modality the k most cosine-similar items of every item are kept, the item itself
 always included (it is forced into its own row, so exact ties or a zero feature row cannot push
 it out). Every row then has k entries of weight ``1/k`` (``D^-1/2 A D^-1/2`` of a 0/1 graph
-with k entries per row). Modalities are combined as ``S = sum_m w_m S_m``: the first modality
-gets ``first_modality_weight`` (spec: 0.1 for image), the others share ``1 - w`` equally (spec:
-0.9 for text when there are two); a single modality gets weight 1.
+with k entries per row). Modalities are combined as ``S = sum_m w_m S_m`` with weights given by
+modality NAME (:func:`modality_weights`): by default the reference's, image 0.1 and the other
+modality 0.9 (text on the Amazon sets, audio on TikTok), whatever order the modalities come in.
 
 Two ways to find the neighbours:
 
@@ -25,12 +25,15 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from sea_dist.data.schema import IMAGE
 
 log = logging.getLogger(__name__)
 
@@ -94,17 +97,51 @@ class ItemGraph:
         )
 
 
-def modality_weights(num_modalities: int, first_modality_weight: float) -> list[float]:
-    """``[w, (1-w)/(M-1), ...]``; a single modality gets weight 1."""
-    if num_modalities == 1:
-        return [1.0]
-    rest = (1.0 - first_modality_weight) / (num_modalities - 1)
-    return [first_modality_weight] + [rest] * (num_modalities - 1)
+# The reference's item-graph weight of the image graph (MMRec ``mm_image_weight``).
+REFERENCE_IMAGE_WEIGHT = 0.1
+
+
+def modality_weights(
+    modalities: Sequence[str], named: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """Weight of each modality's graph in ``S``, by name.
+
+    Args:
+        modalities: the run's modalities.
+        named: modality -> weight; the modalities it does not name share what is left
+            equally. ``None``: the reference's roles, ``{"image": 0.1}`` when the run has an
+            image modality and another (so image 0.1, text or audio 0.9); otherwise equal
+            weights.
+
+    Returns:
+        modality -> weight for every modality in ``modalities``, in their order; the weights
+        are non-negative and sum to 1, so ``S`` keeps rows that sum to 1.
+
+    Raises:
+        ValueError: a name that is not one of ``modalities``, or weights that cannot sum to 1.
+    """
+    if named is None:
+        both = IMAGE in modalities and len(modalities) > 1
+        named = {IMAGE: REFERENCE_IMAGE_WEIGHT} if both else {}
+    unknown = [m for m in named if m not in modalities]
+    if unknown:
+        raise ValueError(
+            f"{', '.join(unknown)} not among the run's modalities ({', '.join(modalities)})"
+        )
+    if not modalities:
+        return {}
+    rest = [m for m in modalities if m not in named]
+    share = (1.0 - sum(named.values())) / len(rest) if rest else 0.0
+    weights = {m: float(named[m]) if m in named else share for m in modalities}
+    if min(weights.values()) < 0 or not math.isclose(sum(weights.values()), 1.0, abs_tol=1e-6):
+        shown = ", ".join(f"{m} {w:g}" for m, w in weights.items())
+        raise ValueError(f"weights ({shown}) must be non-negative and sum to 1")
+    return weights
 
 
 def build_item_graph(
-    features: list[np.ndarray],
-    first_modality_weight: float,
+    features: Mapping[str, np.ndarray],
+    weights: Mapping[str, float] | None,
     k: int,
     method: str,
     exact_max_items: int,
@@ -114,8 +151,9 @@ def build_item_graph(
     """Per-modality top-k graphs from the raw features, combined into ``S``.
 
     Args:
-        features: one ``[I, d_m]`` matrix per modality (memory-mapped is fine), in modality order.
-        first_modality_weight: weight of the first modality; the others share the rest.
+        features: modality -> ``[I, d_m]`` matrix (memory-mapped is fine).
+        weights: modality -> weight in ``S``, resolved by :func:`modality_weights` (a partial
+            mapping, or ``None`` for the reference's).
         k: neighbours per item, the item itself included.
         method: ``"exact"``, ``"ann"`` or ``"auto"`` (exact up to ``exact_max_items`` items).
         exact_max_items: the ``"auto"`` threshold.
@@ -124,19 +162,21 @@ def build_item_graph(
     """
     if not features:
         raise ValueError("build_item_graph needs at least one feature matrix")
-    num_items = features[0].shape[0]
-    if any(f.shape[0] != num_items for f in features):
-        raise ValueError(f"feature matrices disagree on the number of items: {[f.shape for f in features]}")
+    shapes = {m: f.shape for m, f in features.items()}
+    num_items = next(iter(shapes.values()))[0]
+    if any(shape[0] != num_items for shape in shapes.values()):
+        raise ValueError(f"feature matrices disagree on the number of items: {shapes}")
     if not 1 <= k <= num_items:
         raise ValueError(f"k must be in [1, {num_items}], got {k}")
     if method not in ("auto", "exact", "ann"):
         raise ValueError(f"method must be auto, exact or ann, got {method!r}")
     resolved = method if method != "auto" else ("exact" if num_items <= exact_max_items else "ann")
-    weights = modality_weights(len(features), first_modality_weight)
+    resolved_weights = modality_weights(list(features), weights)
     rows, cols, vals, info = [], [], [], {"method": resolved, "k": k, "modalities": []}
-    for m, (feat, weight) in enumerate(zip(features, weights)):
-        neighbours, stats = _cached_neighbours(feat, k, resolved, cache_dir, cache_key, m)
-        info["modalities"].append({"weight": weight, **stats})
+    for index, (name, feat) in enumerate(features.items()):
+        weight = resolved_weights[name]
+        neighbours, stats = _cached_neighbours(feat, k, resolved, cache_dir, cache_key, index)
+        info["modalities"].append({"name": name, "weight": weight, **stats})
         rows.append(np.repeat(np.arange(num_items, dtype=np.int64), k))
         cols.append(neighbours.reshape(-1).astype(np.int64))
         vals.append(np.full(num_items * k, weight / k, dtype=np.float64))

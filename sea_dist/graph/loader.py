@@ -37,8 +37,10 @@ from sea_dist.graph.knn import ItemGraph
 from sea_dist.graph.sampler import (
     BlockSampler,
     Fanout,
+    NegativePool,
     check_fanouts,
     check_negatives_exist,
+    negative_pool,
     sample_batch,
     sample_negatives,
 )
@@ -157,6 +159,8 @@ class MiniBatchLoader:
         item_hops: hops of the item graph (``S^hops``); 0 disables it.
         batch_size: seed edges per batch.
         num_negatives: negatives per seed edge.
+        negatives: the pool they are drawn from, ``"train_items"`` (MMRec's) or
+            ``"all_items"`` (see :func:`~sea_dist.graph.sampler.negative_pool`).
         seed: base seed of the shuffle, the negatives and the neighbour sampling.
         seed_edges: edge ids this worker trains on (default: all training edges).
         prefetch: batches built ahead while the consumer trains; 0 builds each on demand.
@@ -180,6 +184,7 @@ class MiniBatchLoader:
         batch_size: int,
         num_negatives: int,
         seed: int,
+        negatives: NegativePool = "train_items",
         seed_edges: np.ndarray | None = None,
         prefetch: int = 2,
         max_steps: int | None = None,
@@ -199,7 +204,8 @@ class MiniBatchLoader:
                 raise ValueError(
                     f"features[{name!r}] has shape {feat.shape}, expected [{graph.num_items}, d]"
                 )
-        check_negatives_exist(graph)
+        self._pool = negative_pool(graph, negatives)
+        check_negatives_exist(graph, self._pool)
         self.graph = graph
         self.mode = mode
         self.fanouts = list(fanouts)
@@ -268,12 +274,14 @@ class MiniBatchLoader:
         rng = np.random.default_rng([self.seed, self._epoch, step])
         if self._full is not None:
             users = self.graph.edge_users(edge_ids)
-            neg = sample_negatives(self.graph, users, self.num_negatives, rng)
+            neg = sample_negatives(self.graph, users, self.num_negatives, rng, self._pool)
             return self._full.batch(users, self.graph.edge_items(edge_ids), neg)
         assert sampler is not None
         dgl.utils.set_num_threads(self.num_threads)  # this thread's OpenMP regions only
         dgl.seed(int(rng.integers(1 << 31)))
-        batch = sample_batch(self.graph, sampler, self._item_hop, edge_ids, self.num_negatives, rng)
+        batch = sample_batch(
+            self.graph, sampler, self._item_hop, edge_ids, self.num_negatives, rng, self._pool
+        )
         item_rows = (batch.input_nodes[batch.input_is_item] - self.graph.num_users).numpy()
         batch.item_features = {m: gather_rows(f, item_rows) for m, f in self.features.items()}
         return batch

@@ -2,7 +2,9 @@
 
 A sampled batch is built in named stages (:func:`sample_batch` runs them in order):
 
-1. :func:`sample_negatives`: uniform over the items a user has NOT seen in training, exactly.
+1. :func:`sample_negatives`: uniform over the pool's items (:func:`negative_pool`: by default
+   the items of the training split, as MMRec's sampler) that the user has NOT seen in
+   training, exactly.
 2. :func:`output_nodes_for`: batch users, positive and negative items, and the item-graph
    neighbours of those items (so the item hop ``i = i0 + S^h i0`` is exact for batch items).
 3. :class:`BlockSampler`: DGL neighbour sampling over the user-item graph from the output
@@ -20,7 +22,7 @@ the exact restriction of ``A_hat`` to its rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Union
+from typing import Literal, Union
 
 import dgl
 import numpy as np
@@ -32,45 +34,68 @@ from sea_dist.graph.build import UserItemGraph
 from sea_dist.graph.knn import ItemGraph
 
 Fanout = Union[int, str]
+NegativePool = Literal["train_items", "all_items"]
 
 
-def check_negatives_exist(graph: UserItemGraph) -> None:
-    """Raise if some user has seen every item in training: BPR has no negative for it."""
-    full = np.flatnonzero(graph.degrees[: graph.num_users] >= graph.num_items)
+def negative_pool(graph: UserItemGraph, pool: NegativePool) -> np.ndarray | None:
+    """The sorted item ids negatives are drawn from, or ``None`` for every item.
+
+    ``"train_items"``: the items with a training interaction, what MMRec's sampler draws from
+    (its item list is the training split's); ``"all_items"``: every item id, including those
+    seen only in valid/test or nowhere.
+    """
+    if pool == "all_items":
+        return None
+    if pool != "train_items":
+        raise ValueError(f"pool must be 'train_items' or 'all_items', got {pool!r}")
+    return np.flatnonzero(graph.degrees[graph.num_users :] > 0)
+
+
+def check_negatives_exist(graph: UserItemGraph, pool: np.ndarray | None = None) -> None:
+    """Raise if some user has seen every item of the pool: BPR has no negative for it."""
+    size = graph.num_items if pool is None else len(pool)
+    full = np.flatnonzero(graph.degrees[: graph.num_users] >= size)
     if len(full):
+        what = "items" if pool is None else "items that appear in training"
         raise DataError(
-            f"user {full[0]} interacted with all {graph.num_items} items in training; "
-            "BPR needs an unseen item per user"
+            f"user {full[0]} interacted with all {size} {what}; BPR needs an unseen item per user"
         )
 
 
 def sample_negatives(
-    graph: UserItemGraph, users: np.ndarray, num_negatives: int, rng: np.random.Generator
+    graph: UserItemGraph,
+    users: np.ndarray,
+    num_negatives: int,
+    rng: np.random.Generator,
+    pool: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Draw items uniformly from each user's unseen items, exactly, with no rejection loop.
+    """Draw items uniformly from each user's unseen pool items, exactly, with no rejection loop.
 
-    With ``s_0 < s_1 < ...`` the user's sorted seen items, ``s_j - j`` counts the unseen items
-    below ``s_j`` and is non-decreasing. Drawing ``r`` uniformly in ``[0, I - d_u)`` and
-    returning ``r + #{j : s_j - j <= r}`` maps ``r`` to the ``r``-th unseen item, a bijection,
-    so every unseen item is equally likely whatever the user's degree (also for a user who has
-    seen all but one item). The count is a binary search inside the user's neighbour list,
-    vectorised over the batch.
+    Items are counted by their position in the pool (the item id itself when ``pool`` is
+    ``None``). With ``s_0 < s_1 < ...`` the positions of the user's sorted seen items,
+    ``s_j - j`` counts the unseen pool items below ``s_j`` and is non-decreasing. Drawing ``r``
+    uniformly in ``[0, P - d_u)`` and returning ``r + #{j : s_j - j <= r}`` maps ``r`` to the
+    ``r``-th unseen pool item, a bijection, so every unseen pool item is equally likely
+    whatever the user's degree (also for a user who has seen all but one). The count is a
+    binary search inside the user's neighbour list, vectorised over the batch.
 
     Args:
         graph: the training graph (its user rows are the seen lists).
         users: ``[B]`` user ids.
         num_negatives: draws per user (independent, with replacement).
         rng: source of randomness.
+        pool: sorted item ids to draw from, holding every training item
+            (:func:`negative_pool`); ``None``: all items.
 
     Returns:
         ``[B, num_negatives]`` int64 item ids (0-based).
     """
     users = np.repeat(np.asarray(users, dtype=np.int64), num_negatives)
     start, end = graph.indptr[users], graph.indptr[users + 1]
-    unseen = graph.num_items - (end - start)
-    r = (rng.random(len(users)) * unseen).astype(np.int64)
+    size = graph.num_items if pool is None else len(pool)
+    r = (rng.random(len(users)) * (size - (end - start))).astype(np.int64)
     # Binary search for the first j in [start, end) whose seen item has more than r unseen
-    # items below it: s_j - (j - start) > r.
+    # pool items below it: s_j - (j - start) > r.
     lo, hi = start.copy(), end.copy()
     while True:
         active = lo < hi
@@ -78,10 +103,12 @@ def sample_negatives(
             break
         mid = (lo + hi) // 2
         seen = graph.indices[np.where(active, mid, 0)] - graph.num_users
-        below = seen - (mid - start) <= r
+        position = seen if pool is None else np.searchsorted(pool, seen)
+        below = position - (mid - start) <= r
         lo = np.where(active & below, mid + 1, lo)
         hi = np.where(active & ~below, mid, hi)
-    return (r + (lo - start)).reshape(-1, num_negatives)
+    picked = (r + (lo - start)).reshape(-1, num_negatives)
+    return picked if pool is None else pool[picked]
 
 
 def _csr_rows(indptr: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -188,16 +215,18 @@ def sample_batch(
     edge_ids: np.ndarray,
     num_negatives: int,
     rng: np.random.Generator,
+    pool: np.ndarray | None = None,
 ) -> MiniBatch:
     """A sampled BPR minibatch for the seed edges ``edge_ids`` (item features not yet attached).
 
-    Positions of the batch's users and items are found in the (sorted) output nodes;
-    ``loss_items`` are the positions of the batch's distinct positive and negative items.
+    Negatives come from ``pool`` (see :func:`sample_negatives`). Positions of the batch's
+    users and items are found in the (sorted) output nodes; ``loss_items`` are the positions
+    of the batch's distinct positive and negative items.
     """
     num_users = graph.num_users
     users = graph.edge_users(edge_ids)
     pos = graph.edge_items(edge_ids)
-    neg = sample_negatives(graph, users, num_negatives, rng)
+    neg = sample_negatives(graph, users, num_negatives, rng, pool)
     output, item_block = output_nodes_for(num_users, users, pos, neg, item_hop)
     input_nodes, blocks = sampler.sample(output)
     batch_items = np.unique(np.concatenate([pos, neg.reshape(-1)])) + num_users

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -38,33 +40,29 @@ def info_nce(anchors: Tensor, candidates: Tensor, tau: float, normalize: bool = 
     return -torch.diagonal(F.log_softmax(logits, dim=1)).mean()
 
 
-def solo_sim_loss(views: list[Tensor], tau: float) -> Tensor:
+def solo_sim_loss(anchor: Tensor, others: Sequence[Tensor], tau: float) -> Tensor:
     r"""SEA's SoloSimLoss, generalised from two modalities to any number ``M >= 2``.
 
     From "It is Never Too Late to Mend: Separate Learning for Multimedia Recommendation"
-    (https://arxiv.org/abs/2406.08270), eq. 16. With the modalities in their configured order
-    (the spec's is ``[image, text]``), every pair ``i < j`` contributes an InfoNCE term with
-    the LATER modality as anchor and the earlier one as candidates, and the terms are averaged:
+    (https://arxiv.org/abs/2406.08270), eq. 16. The anchor modality ``a`` (named by the caller:
+    the reference's is its t_feat modality, text on the Amazon sets, audio on TikTok) is
+    contrasted with each other modality's candidates, and the terms are averaged:
 
     .. math::
-        \mathcal{L}_{solo} = \binom{M}{2}^{-1} \sum_{i<j} \mathrm{InfoNCE}(z_j \to z_i)
+        \mathcal{L}_{solo} = \frac{1}{M - 1} \sum_{m \ne a} \mathrm{InfoNCE}(z_a \to z_m)
 
-    For ``M = 2`` this is exactly the reference's text-anchored loss against image
-    candidates. All pairs (rather than consecutive ones) keep every modality's generic part
-    directly aligned with every other's.
+    For ``M = 2`` this is exactly the reference's text-anchored loss against image candidates.
+    With more modalities every one is aligned with the anchor (a star, not all pairs), so a
+    single name fixes the direction of every term, as it does in the reference.
 
     Args:
-        views: per modality, the projected generic parts of the same items in the same order.
+        anchor: the anchor modality's projected generic parts.
+        others: every other modality's, for the same items in the same order.
         tau (float): temperature.
 
     Shapes:
-        views: ``M`` tensors ``[N, d]`` -> scalar.
+        anchor: ``[N, d]``; others: ``M - 1`` tensors ``[N, d]`` -> scalar.
     """
-    if len(views) < 2:
-        raise ValueError(f"solo_sim_loss needs at least two views, got {len(views)}")
-    terms = [
-        info_nce(views[j], views[i], tau)
-        for i in range(len(views))
-        for j in range(i + 1, len(views))
-    ]
-    return torch.stack(terms).mean()
+    if not others:
+        raise ValueError("solo_sim_loss needs at least one view besides the anchor")
+    return torch.stack([info_nce(anchor, other, tau) for other in others]).mean()

@@ -17,7 +17,7 @@ from sea_dist.errors import ConfigError
 from sea_dist.models.base import Recommender
 from sea_dist.models.lightgcn import LightGCN
 from sea_dist.models.mentor import MENTOR, MENTORParams
-from sea_dist.models.sea import SEA, SEAParams
+from sea_dist.models.sea import SEA, SEAParams, solo_anchor
 from sea_dist.models.sgfd import SGFD, SGFDParams, kmeans_labels
 from sea_dist.models.vbpr import VBPR
 
@@ -51,9 +51,9 @@ def build_model(
     feature_dims: dict[str, int],
     item_labels: torch.Tensor | None = None,
 ) -> Recommender:
-    """Build the model named by ``cfg.name``; ``feature_dims`` maps modality -> width, in the
-    configured modality order (the first modality is the spec's "image"). With an ``sgfd``
-    section the model is wrapped in the SGFD plug-in, which needs ``item_labels`` (see
+    """Build the model named by ``cfg.name``; ``feature_dims`` maps modality -> width (roles
+    such as SEA's SoloSim anchor go by name, not by position). With an ``sgfd`` section the
+    model is wrapped in the SGFD plug-in, which needs ``item_labels`` (see
     :func:`resolve_item_labels`)."""
     builder = _BUILDERS.get(cfg.name)
     if builder is None:
@@ -130,6 +130,13 @@ def _sea(cfg: SEACfg, num_users: int, num_items: int, feature_dims: dict[str, in
             f"{list(feature_dims) or 'none'} (see data.modalities)"
         )
     params = _params(SEAParams, cfg)
+    if params.needs_anchor:
+        # Resolved here, where a bad or missing name can be refused as the key it came from.
+        try:
+            anchor = solo_anchor(list(feature_dims), cfg.solo_anchor)
+        except ValueError as exc:
+            raise ConfigError(f"model.solo_anchor: {exc}") from None
+        params = dataclasses.replace(params, solo_anchor=anchor)
     return SEA(num_users, num_items, feature_dims, params)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sea_dist.data.schema import IMAGE
 from sea_dist.graph.batch import MiniBatch
 from sea_dist.graph.ops import propagate
 from sea_dist.losses.contrastive import solo_sim_loss
@@ -27,8 +29,9 @@ class SEAParams:
     """Hyperparameters of :class:`SEA`; defaults are the reference values (spec section 2).
 
     ``distancing`` is ``"club"`` (SEA), ``"neg_l2"`` (SAND) or ``"none"``; ``map_dim`` maps raw
-    features to that width instead of the full width; ``estimator_cross_modal`` reproduces
-    the reference code's single CLUB estimator fitted on cross-modal pairs.
+    features to that width instead of the full width; ``solo_anchor`` names the anchor
+    modality (:func:`solo_anchor`; ``None``: the reference's); ``estimator_cross_modal``
+    reproduces the reference code's single CLUB estimator fitted on cross-modal pairs.
     """
 
     embedding_dim: int = 64
@@ -37,6 +40,7 @@ class SEAParams:
     map_dim: int | None = None
     distancing: Literal["club", "neg_l2", "none"] = "club"
     use_solo: bool = True
+    solo_anchor: str | None = None
     alpha: float = 0.012
     tau: float = 0.2
     ureg: float = 0.006
@@ -46,6 +50,37 @@ class SEAParams:
     proj_hidden: int = 64
     proj_dim: int = 32
     estimator_cross_modal: bool = False
+
+    @property
+    def needs_anchor(self) -> bool:
+        """Whether a term has a direction (SoloSim, the cross-modal fit) or an anchor is named."""
+        cross_modal = self.distancing == "club" and self.estimator_cross_modal
+        return self.use_solo or cross_modal or self.solo_anchor is not None
+
+
+def solo_anchor(modalities: Sequence[str], anchor: str | None = None) -> str:
+    """The modality SoloSim anchors on, and the cross-modal CLUB fit conditions on.
+
+    Args:
+        modalities: the model's modalities.
+        anchor: a modality name; ``None`` picks the reference's anchor, its t_feat modality:
+            the one modality that is not ``image`` (text on the Amazon sets, audio on TikTok).
+
+    Raises:
+        ValueError: ``anchor`` is not one of ``modalities``, or it is ``None`` and the
+            modalities are not ``image`` plus exactly one other.
+    """
+    if anchor is not None:
+        if anchor not in modalities:
+            raise ValueError(f"{anchor!r} is not among the modalities ({', '.join(modalities)})")
+        return anchor
+    others = [m for m in modalities if m != IMAGE]
+    if IMAGE not in modalities or len(others) != 1:
+        raise ValueError(
+            f"no reference anchor among {', '.join(modalities)} (it is the one modality "
+            f"besides {IMAGE}); name one"
+        )
+    return others[0]
 
 
 def split_generic_unique(mapped: Tensor) -> tuple[Tensor, Tensor]:
@@ -62,7 +97,8 @@ class SEA(Recommender):
     r"""SEA from "It is Never Too Late to Mend: Separate Learning for Multimedia
     Recommendation" (https://arxiv.org/abs/2406.08270), and SAND's distancing variant.
 
-    Per modality ``m`` (in the order of ``feature_dims``; the spec's is ``[image, text]``):
+    Per modality ``m`` (roles are by name; the order of ``feature_dims`` only lays out the
+    fused columns):
 
     .. math::
         T_m = L_m(F_m) = [T_m^{g} \,|\, T_m^{u}], \quad
@@ -78,18 +114,18 @@ class SEA(Recommender):
             + \alpha \, \mathcal{L}_{solo}
 
     with :math:`\mathcal{L}_{solo}` over the projected generic parts
-    (:func:`~sea_dist.losses.contrastive.solo_sim_loss`, all modality pairs, later modality
-    as anchor) and :math:`\mathcal{L}_{dist,m}` = ``ureg`` x CLUB(generic; unique) of modality
-    ``m`` (SEA) or ``l2_weight`` x the bounded negative L2 between them (SAND). Both split
-    losses cover ``batch.loss_items``: every item in full-graph mode (the reference), the
-    batch's unique items when sampled.
+    (:func:`~sea_dist.losses.contrastive.solo_sim_loss` from the anchor modality, see
+    :func:`solo_anchor`) and :math:`\mathcal{L}_{dist,m}` = ``ureg`` x CLUB(generic; unique)
+    of modality ``m`` (SEA) or ``l2_weight`` x the bounded negative L2 between them (SAND).
+    Both split losses cover ``batch.loss_items``: every item in full-graph mode (the
+    reference), the batch's unique items when sampled.
 
     CLUB's variational networks ``q`` are estimators, not model parameters: see
     :meth:`estimator_parameters` and :meth:`estimator_loss`. Following the paper, each
     modality has its own ``q``, fitted on its own (generic, unique) pairs; with
     ``estimator_cross_modal`` one shared ``q`` is fitted, as in the reference code, on
-    (generic of the later modality -> generic of the earlier) plus (unique -> unique) for every
-    modality pair, i.e. on (text, image) pairs for two modalities.
+    (generic of the anchor -> generic of another modality) plus (unique -> unique) for every
+    other modality, i.e. ``q(image | text)`` pairs for the reference's two modalities.
 
     Args:
         num_users (int): number of users U.
@@ -117,6 +153,9 @@ class SEA(Recommender):
             raise ValueError(f"modalities {narrow} are narrower than 2 columns; cannot split them")
         self.num_users, self.num_items, self.params = num_users, num_items, params
         self.modalities = list(feature_dims)
+        self.anchor: str | None = None
+        if params.needs_anchor:
+            self.anchor = solo_anchor(self.modalities, params.solo_anchor)
         d, num_mod = params.embedding_dim, len(feature_dims)
         self.user_tables = nn.ModuleDict({m: IdTable(num_users, d) for m in self.modalities})
         self.user_weight = IdTable(num_users, num_mod)  # w_u, [U, M]
@@ -201,8 +240,10 @@ class SEA(Recommender):
         parts = {m: split_generic_unique(mapped[m][rows]) for m in self.modalities}
         # Batch norm needs two rows; a one-item batch has no negatives for InfoNCE anyway.
         if self.heads and len(rows) >= 2:
-            views = [self.heads[m](parts[m][0]) for m in self.modalities]  # M x [N, proj_dim]
-            solo = solo_sim_loss(views, self.params.tau)
+            assert self.anchor is not None  # set whenever use_solo is
+            views = {m: self.heads[m](parts[m][0]) for m in self.modalities}  # [N, proj_dim]
+            others = [views[m] for m in self.modalities if m != self.anchor]
+            solo = solo_sim_loss(views[self.anchor], others, self.params.tau)
             loss = loss + self.params.alpha * solo
             out["solo"] = solo.detach()
         if self.to_generic:
@@ -236,11 +277,12 @@ class SEA(Recommender):
             return torch.stack(
                 [self._estimator(m).learning_loss(*pairs[m]) for m in self.modalities]
             ).sum()
-        q, mods = self.estimators[_SHARED], self.modalities
+        q, anchor = self.estimators[_SHARED], self.anchor
+        assert anchor is not None  # set whenever the fit is cross-modal
         terms = [
-            q.learning_loss(pairs[mods[j]][k], pairs[mods[i]][k])
-            for i in range(len(mods))
-            for j in range(i + 1, len(mods))
+            q.learning_loss(pairs[anchor][k], pairs[m][k])
+            for m in self.modalities
+            if m != anchor
             for k in (0, 1)  # generic -> generic, unique -> unique
         ]
         return torch.stack(terms).sum()

@@ -29,7 +29,7 @@ from sea_dist.data.store import Store, resolve_store, verify_store_cached
 from sea_dist.errors import CheckpointError, ConfigError, DivergenceError
 from sea_dist.eval.evaluator import EarlyStopping, Evaluator
 from sea_dist.graph.build import UserItemGraph, build_graph
-from sea_dist.graph.knn import ItemGraph, build_item_graph
+from sea_dist.graph.knn import ItemGraph, build_item_graph, modality_weights
 from sea_dist.graph.loader import MiniBatchLoader, full_graph_batch
 from sea_dist.graph.partition import partition_seed_edges
 from sea_dist.models.base import Recommender
@@ -69,6 +69,7 @@ def prepare_data(cfg: RunCfg) -> TrainingData:
             f"data.modalities: {', '.join(unknown)} not in the store {store.path} "
             f"(has {', '.join(store.modalities) or 'none'})"
         )
+    item_graph_weights(cfg, modalities)  # refused even by runs that build no item graph
     users, items = store.edges(0)
     graph = build_graph(store.num_users, store.num_items, users, items)
     features = {m: store.features(m) for m in modalities}
@@ -78,11 +79,23 @@ def prepare_data(cfg: RunCfg) -> TrainingData:
     return TrainingData(store, modalities, graph, item_graph, features)
 
 
+def item_graph_weights(cfg: RunCfg, modalities: list[str]) -> dict[str, float]:
+    """``graph.modality_weights`` resolved over the run's modalities (see ``modality_weights``).
+
+    Raises:
+        ConfigError: a weight names a modality the run does not use, or they cannot sum to 1.
+    """
+    try:
+        return modality_weights(modalities, cfg.graph.modality_weights)
+    except ValueError as exc:
+        raise ConfigError(f"graph.modality_weights: {exc}") from None
+
+
 def store_item_graph(store: Store, modalities: list[str], cfg: RunCfg) -> ItemGraph:
     """The item kNN graph of ``store``'s features, cached where every run of it looks."""
     return build_item_graph(
-        [store.features(m) for m in modalities],
-        first_modality_weight=cfg.graph.first_modality_weight,
+        {m: store.features(m) for m in modalities},
+        weights=item_graph_weights(cfg, modalities),
         k=cfg.graph.knn_k,
         method=cfg.graph.knn_method,
         exact_max_items=cfg.graph.knn_exact_max_items,
@@ -144,7 +157,14 @@ def _dense_bytes_per_step(model: Recommender) -> int:
 
 
 def _full_embeddings(model: Recommender, full_batch: Any) -> torch.Tensor:
-    """Final representations of every node ``[U + I, d]``, for ranking."""
+    """Final representations of every node ``[U + I, d]``, for ranking.
+
+    Recomputed over the full graph, in eval mode, from the parameters the epoch ended with. The
+    reference ranks instead with what its last training forward cached (``result_embed``),
+    i.e. from before the epoch's last optimizer step and in training mode; recomputing ranks
+    the model that is checkpointed, and works the same when training is sampled (no training
+    forward there covers every node).
+    """
     model.eval()
     with torch.no_grad():
         emb = model.node_embeddings(full_batch)
@@ -186,6 +206,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         item_hops=cfg.graph.item_hops,
         batch_size=cfg.train.batch_size,
         num_negatives=cfg.train.num_negatives,
+        negatives=cfg.train.negatives,
         seed=cfg.train.seed + 7919 * rank,
         seed_edges=parts.seed_edges(rank),
         max_steps=cfg.train.max_steps_per_epoch,

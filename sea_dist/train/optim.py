@@ -34,8 +34,8 @@ def build_optimizers(
         model: the recommender.
         lr: learning rate of the model's parameters.
         weight_decay: Adam weight decay of the dense parameters.
-        estimator_lr: learning rate of the estimator's own Adam; required when the model has
-            estimator parameters.
+        estimator_lr: learning rate of the estimator's own Adam; ``None`` follows ``lr``, as
+            the reference's estimator optimizer does (``model.estimator_lr`` unset).
         sparse_tables: put :meth:`Recommender.id_tables` into a ``SparseAdam`` (their gradients
             must be made sparse before its step, see ``train/sparse_sync.py``) instead of the
             dense Adam.
@@ -46,8 +46,7 @@ def build_optimizers(
         stepped by :func:`fit_estimator` only.
     """
     estimator = model.estimator_parameters()
-    if estimator and estimator_lr is None:
-        raise ValueError("the model has an estimator; pass estimator_lr")
+    estimator_lr = lr if estimator_lr is None else estimator_lr
     tables = model.id_tables() if sparse_tables else []
     if tables and weight_decay > 0:
         raise ValueError(

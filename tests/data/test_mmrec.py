@@ -53,7 +53,7 @@ def test_import_reproduces_readme_counts(name: str, tmp_path: Path) -> None:
 @needs_shared
 def test_tiktok_features_are_copied_exactly(tmp_path: Path) -> None:
     store = import_mmrec(SHARED / "tiktok", tmp_path / "tiktok")
-    assert store.modalities == {"audio": 128, "image": 128}
+    assert list(store.modalities.items()) == [("image", 128), ("audio", 128)]  # vision first
     image = store.features("image")
     assert isinstance(image, np.memmap) and image.shape == (6710, 128)
     assert image.dtype == np.float16
@@ -121,6 +121,19 @@ def test_cli_import_with_a_named_modality(
     store = open_store(out)
     assert store.modalities == {"visual": 128}
     assert store.meta["source"]["features"] == {"visual": "image_feat.npy"}
+
+
+def test_import_keeps_the_declared_modality_order(tiny_store: Store, tmp_path: Path) -> None:
+    """MMRec's order (image, then text or audio), not the alphabet; other prefixes follow."""
+    src = tmp_path / "src"
+    export_mmrec(tiny_store, src)  # image_feat.npy, text_feat.npy
+    for name in ("zeta", "audio", "beta"):
+        np.save(src / f"{name}_feat.npy", np.ones((tiny_store.num_items, 2), dtype=np.float32))
+    store = import_mmrec(src, tmp_path / "declared")
+    assert list(store.modalities) == ["image", "text", "audio", "beta", "zeta"]
+    assert list(open_store(store.path).modalities) == list(store.modalities)  # as stored
+    mapping = {"audio": "audio_feat.npy", "image": "image_feat.npy"}
+    assert list(import_mmrec(src, tmp_path / "given", mapping).modalities) == ["audio", "image"]
 
 
 def test_export_then_import_round_trip(tiny_store: Store, tmp_path: Path) -> None:

@@ -39,27 +39,76 @@ def test_self_is_kept_for_duplicate_and_zero_rows():
         assert all(len(set(row)) == 3 for row in nbrs.tolist())
 
 
+def weighted_knn(weighted: list[tuple[float, np.ndarray]], k: int) -> np.ndarray:
+    """``sum_m w_m S_m`` densely, from brute-force neighbours."""
+    expected = np.zeros((len(weighted[0][1]),) * 2)
+    for weight, feat in weighted:
+        nbrs = brute_force_topk(feat, k)
+        for i in range(len(feat)):
+            expected[i, nbrs[i]] += weight / k
+    return expected
+
+
 def test_item_graph_rows_have_k_entries_and_combined_weights():
     rng = np.random.default_rng(3)
     image, text = rng.standard_normal((50, 8)), rng.standard_normal((50, 6))
     k = 4
-    graph = build_item_graph([image, text], first_modality_weight=0.1, k=k, method="exact",
+    graph = build_item_graph({"image": image, "text": text}, weights=None, k=k, method="exact",
                              exact_max_items=1000)
     s = graph.to_torch().to_dense().numpy()
-    expected = np.zeros((50, 50))
-    for weight, feat in ((0.1, image), (0.9, text)):
-        nbrs = brute_force_topk(feat, k)
-        for i in range(50):
-            expected[i, nbrs[i]] += weight / k
-    np.testing.assert_allclose(s, expected, rtol=1e-6)
+    np.testing.assert_allclose(s, weighted_knn([(0.1, image), (0.9, text)], k), rtol=1e-6)
     np.testing.assert_allclose(s.sum(1), 1.0, rtol=1e-6)
     np.testing.assert_allclose(np.diag(s), 1.0 / k, rtol=1e-6)  # self in every modality
-    three = build_item_graph([image, text, image], 0.2, k, "exact", 1000)
-    assert [m["weight"] for m in three.info["modalities"]] == pytest.approx([0.2, 0.4, 0.4])
+    assert [(m["name"], m["weight"]) for m in graph.info["modalities"]] == [
+        ("image", 0.1), ("text", 0.9)
+    ]
+
+
+def test_weights_go_by_name_not_position():
+    rng = np.random.default_rng(7)
+    image, audio = rng.standard_normal((40, 5)), rng.standard_normal((40, 7))
+    expected = weighted_knn([(0.1, image), (0.9, audio)], 4)
+    # The reference's weights whatever the order (the store used to be alphabetical).
+    for features in ({"image": image, "audio": audio}, {"audio": audio, "image": image}):
+        for weights in (None, {"image": 0.1}, {"audio": 0.9}, {"image": 0.1, "audio": 0.9}):
+            graph = build_item_graph(features, weights, 4, "exact", 1000)
+            np.testing.assert_allclose(graph.to_torch().to_dense().numpy(), expected, rtol=1e-6)
+    swapped = build_item_graph({"image": image, "audio": audio}, {"image": 0.9}, 4, "exact", 1000)
+    np.testing.assert_allclose(swapped.to_torch().to_dense().numpy(),
+                               weighted_knn([(0.9, image), (0.1, audio)], 4), rtol=1e-6)
+
+
+@pytest.mark.parametrize(("modalities", "named", "expected"), [
+    (["image", "text"], None, {"image": 0.1, "text": 0.9}),
+    (["audio", "image"], None, {"audio": 0.9, "image": 0.1}),
+    (["image", "text", "audio"], None, {"image": 0.1, "text": 0.45, "audio": 0.45}),
+    (["image"], None, {"image": 1.0}),
+    (["visual", "acoustic"], None, {"visual": 0.5, "acoustic": 0.5}),
+    (["image", "text", "audio"], {"text": 0.6, "image": 0.2},
+     {"image": 0.2, "text": 0.6, "audio": 0.2}),
+    (["image", "audio"], {}, {"image": 0.5, "audio": 0.5}),
+    ([], None, {}),
+])
+def test_modality_weights(modalities, named, expected):
+    weights = knn.modality_weights(modalities, named)
+    assert list(weights) == modalities
+    assert weights == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(("modalities", "named", "match"), [
+    (["image", "audio"], {"text": 0.9}, r"^text not among the run's modalities \(image, audio\)$"),
+    (["image", "audio"], {"image": 0.1, "audio": 0.5}, "sum to 1"),
+    (["image"], {"image": 0.1}, "sum to 1"),
+    (["image", "audio"], {"image": 0.7, "audio": 0.6}, "sum to 1"),
+])
+def test_modality_weights_are_refused(modalities, named, match):
+    with pytest.raises(ValueError, match=match):
+        knn.modality_weights(modalities, named)
 
 
 def test_power_equals_dense_matrix_power():
-    graph = build_item_graph([np.random.default_rng(4).standard_normal((30, 5))], 0.1, 3, "exact", 100)
+    graph = build_item_graph({"image": np.random.default_rng(4).standard_normal((30, 5))}, None, 3,
+                             "exact", 100)
     dense = graph.to_torch().to_dense().double()
     two = graph.power(2)
     np.testing.assert_allclose(two.to_torch().to_dense().numpy(), (dense @ dense).numpy(), rtol=1e-6)
@@ -68,7 +117,7 @@ def test_power_equals_dense_matrix_power():
 
 def test_ann_recall_is_measured_and_high():
     features = clustered(3000, 16, seed=5)
-    graph = build_item_graph([features], 0.1, 10, "auto", exact_max_items=1000)
+    graph = build_item_graph({"image": features}, None, 10, "auto", exact_max_items=1000)
     stats = graph.info["modalities"][0]
     assert graph.info["method"] == "ann" and stats["method"] == "ann-hnsw"
     assert 0.9 <= stats["recall"] <= 1.0
@@ -80,18 +129,18 @@ def test_ann_recall_is_measured_and_high():
 
 
 def test_cache_is_keyed_and_reused(tmp_path):
-    features = [np.random.default_rng(6).standard_normal((40, 5)).astype(np.float32)]
-    first = build_item_graph(features, 0.1, 4, "exact", 100, cache_dir=tmp_path, cache_key="abc-image")
+    features = {"image": np.random.default_rng(6).standard_normal((40, 5)).astype(np.float32)}
+    first = build_item_graph(features, None, 4, "exact", 100, cache_dir=tmp_path, cache_key="abc-image")
     assert first.info["modalities"][0]["cached"] is False
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["abc-image-m0-k4-exact.npz"]
-    again = build_item_graph(features, 0.1, 4, "exact", 100, cache_dir=tmp_path, cache_key="abc-image")
+    again = build_item_graph(features, None, 4, "exact", 100, cache_dir=tmp_path, cache_key="abc-image")
     assert again.info["modalities"][0]["cached"] is True
     np.testing.assert_array_equal(again.indices, first.indices)
-    build_item_graph(features, 0.1, 5, "exact", 100, cache_dir=tmp_path, cache_key="abc-image")
+    build_item_graph(features, None, 5, "exact", 100, cache_dir=tmp_path, cache_key="abc-image")
     assert len(list(tmp_path.iterdir())) == 2  # another k, another entry
     (tmp_path / files[0]).write_bytes(b"not an npz")
-    rebuilt = build_item_graph(features, 0.1, 4, "exact", 100, cache_dir=tmp_path, cache_key="abc-image")
+    rebuilt = build_item_graph(features, None, 4, "exact", 100, cache_dir=tmp_path, cache_key="abc-image")
     assert rebuilt.info["modalities"][0]["cached"] is False
     np.testing.assert_array_equal(rebuilt.indices, first.indices)
 
@@ -102,6 +151,6 @@ def test_cache_is_keyed_and_reused(tmp_path):
     ({"method": "hnsw"}, "method must be"),
 ])
 def test_bad_arguments(kwargs, match):
-    args = {"first_modality_weight": 0.1, "k": 3, "method": "exact", "exact_max_items": 10, **kwargs}
+    args = {"weights": None, "k": 3, "method": "exact", "exact_max_items": 10, **kwargs}
     with pytest.raises(ValueError, match=match):
-        build_item_graph([np.ones((40, 2))], **args)
+        build_item_graph({"image": np.ones((40, 2))}, **args)

@@ -20,8 +20,9 @@ def data(tmp_path):
 
 def make_loader(data, **kwargs):
     graph = build_graph(data.num_users, data.num_items, data.users, data.items)
-    item_graph = build_item_graph([np.asarray(f, dtype=np.float32) for f in data.features.values()
-                                   if f.dtype != object], 0.1, 3, "exact", 1000)
+    dense = {m: np.asarray(f, dtype=np.float32) for m, f in data.features.items()
+             if f.dtype != object}
+    item_graph = build_item_graph(dense, None, 3, "exact", 1000)
     args = dict(mode="sampled", fanouts=[3, "all"], num_layers=2, item_hops=1, batch_size=16,
                 num_negatives=2, seed=0, features=data.features)
     args.update(kwargs)
@@ -87,6 +88,25 @@ def test_full_mode_equals_dense_reference(data):
     torch.testing.assert_close(model_output(evaluation, x_all.float()), want, atol=1e-5, rtol=1e-5)
     assert set(evaluation.item_features) == set(data.features)
     assert evaluation.item_features["m0"].shape == (graph.num_items, 6)
+
+
+@pytest.mark.parametrize("mode", ["sampled", "full"])
+def test_negatives_come_from_the_training_items_by_default(data, mode):
+    cold = data.num_items - 1  # in no training row (see random_interactions)
+    fanouts = [3, "all"] if mode == "sampled" else []
+
+    def drawn(**kwargs) -> set[int]:
+        graph, _, loader = make_loader(data, mode=mode, fanouts=fanouts, **kwargs)
+        items: set[int] = set()
+        for epoch in range(3):
+            loader.set_epoch(epoch)
+            for batch in loader:
+                neg = batch.output_nodes[batch.neg_items] - graph.num_users
+                items |= set(neg.ravel().tolist())
+        return items
+
+    assert cold not in drawn() and cold not in drawn(negatives="train_items")
+    assert cold in drawn(negatives="all_items")
 
 
 def test_same_seed_same_batches(data):

@@ -8,7 +8,13 @@ from hypothesis import strategies as st
 from sea_dist.errors import DataError
 from sea_dist.graph.build import build_graph
 from sea_dist.graph.knn import build_item_graph
-from sea_dist.graph.sampler import BlockSampler, check_negatives_exist, sample_batch, sample_negatives
+from sea_dist.graph.sampler import (
+    BlockSampler,
+    check_negatives_exist,
+    negative_pool,
+    sample_batch,
+    sample_negatives,
+)
 from tests.graph.conftest import full_output, model_output, random_interactions
 
 
@@ -29,20 +35,54 @@ def seen_sets(draw):
 
 
 @settings(max_examples=150, deadline=None)
-@given(data=seen_sets(), num_negatives=st.integers(1, 4), seed=st.integers(0, 2**32 - 1))
-def test_negatives_never_hit_a_training_item(data, num_negatives, seed):
+@given(data=seen_sets(), num_negatives=st.integers(1, 4), seed=st.integers(0, 2**32 - 1),
+       pool_name=st.sampled_from(["train_items", "all_items"]))
+def test_negatives_never_hit_a_training_item(data, num_negatives, seed, pool_name):
     num_items, seen = data
     users = np.array([u for u, items in enumerate(seen) for _ in items], dtype=np.int64)
     items = np.array([i for items in seen for i in items], dtype=np.int64)
     graph = build_graph(len(seen), num_items, users, items)
-    batch_users = np.repeat(np.arange(len(seen)), 50)
-    neg = sample_negatives(graph, batch_users, num_negatives, np.random.default_rng(seed))
+    pool = negative_pool(graph, pool_name)
+    allowed = set(range(num_items)) if pool is None else set(items.tolist())
+    # Under train_items a user may have seen the whole pool (the loader refuses such data).
+    drawable = [u for u in range(len(seen)) if allowed - set(seen[u])]
+    batch_users = np.repeat(np.array(drawable, dtype=np.int64), 50)
+    neg = sample_negatives(graph, batch_users, num_negatives, np.random.default_rng(seed), pool)
     assert neg.shape == (len(batch_users), num_negatives)
-    assert ((neg >= 0) & (neg < num_items)).all()
     for u, row in zip(batch_users.tolist(), neg.tolist()):
-        assert not set(row) & set(seen[u])
+        assert set(row) <= allowed - set(seen[u])
     # 200 draws for the heavy user's <= 3 free items: each shows up (miss prob < 3 (2/3)^200).
-    assert set(neg[batch_users == 0].ravel().tolist()) == set(range(num_items)) - set(seen[0])
+    if 0 in drawable:
+        assert set(neg[batch_users == 0].ravel().tolist()) == allowed - set(seen[0])
+
+
+def two_users(num_items: int, seen0: np.ndarray, seen1: np.ndarray):
+    users = np.repeat(np.arange(2), [len(seen0), len(seen1)])
+    return build_graph(2, num_items, users, np.concatenate([seen0, seen1]))
+
+
+def test_train_items_pool_is_uniform_over_unseen_training_items():
+    seen0 = np.array([0, 3, 4, 5, 17, 30, 31])
+    seen1 = np.arange(0, 40, 2)  # items 40..49 and most odd items appear in no training row
+    graph = two_users(50, seen0, seen1)
+    pool = negative_pool(graph, "train_items")
+    np.testing.assert_array_equal(pool, np.union1d(seen0, seen1))
+    user0 = np.zeros(1, dtype=np.int64)
+    neg = sample_negatives(graph, user0, 34_000, np.random.default_rng(0), pool)
+    counts = np.bincount(neg.ravel(), minlength=50)
+    allowed = np.setdiff1d(pool, seen0)  # 17 items
+    assert counts.sum() == counts[allowed].sum()
+    expected = neg.size / len(allowed)  # 2000 per item
+    chi2 = (((counts[allowed] - expected) ** 2) / expected).sum()
+    assert chi2 < 40  # chi-square, 16 degrees of freedom: P(> 40) < 1e-3
+
+
+def test_all_items_pool_also_draws_items_absent_from_training():
+    graph = two_users(50, np.array([0, 3, 4]), np.arange(0, 40, 2))
+    assert negative_pool(graph, "all_items") is None
+    neg = sample_negatives(graph, np.zeros(1, dtype=np.int64), 5000, np.random.default_rng(0))
+    counts = np.bincount(neg.ravel(), minlength=50)
+    assert (counts[40:] > 0).all() and (counts[[0, 3, 4]] == 0).all()
 
 
 def test_negatives_are_uniform_over_unseen_items():
@@ -62,13 +102,18 @@ def test_a_user_with_every_item_is_an_error():
     graph = build_graph(2, 3, np.array([0, 0, 0, 1]), np.array([0, 1, 2, 1]))
     with pytest.raises(DataError, match="user 0 interacted with all 3 items"):
         check_negatives_exist(graph)
+    # Item 3 is in no training row: user 0 has a negative among all items, none in training.
+    graph = build_graph(2, 4, np.array([0, 0, 0, 1]), np.array([0, 1, 2, 1]))
+    check_negatives_exist(graph, negative_pool(graph, "all_items"))
+    with pytest.raises(DataError, match="all 3 items that appear in training"):
+        check_negatives_exist(graph, negative_pool(graph, "train_items"))
 
 
 @pytest.fixture
 def setup():
     data = random_interactions(num_users=60, num_items=45, seed=1)
     graph = build_graph(data.num_users, data.num_items, data.users, data.items)
-    item_graph = build_item_graph(list(data.features.values()), 0.1, 4, "exact", 1000)
+    item_graph = build_item_graph(data.features, None, 4, "exact", 1000)
     x_all = torch.randn(graph.num_nodes, 8, generator=torch.Generator().manual_seed(0)).double()
     return data, graph, item_graph, x_all
 

@@ -103,11 +103,19 @@ def test_sparse_tables_step_with_sparse_adam(toy: ToyGraph) -> None:
         assert moved and moved <= allowed
 
 
+def test_estimator_lr_follows_the_model_lr_unless_set(toy: ToyGraph) -> None:
+    """The reference's estimator Adam takes the model's learning rate (model.estimator_lr
+    unset); a set value still wins."""
+    model = build(toy, "sea")
+    for estimator_lr, expected in ((None, 1e-3), (1e-4, 1e-4)):
+        opts = build_optimizers(model, lr=1e-3, estimator_lr=estimator_lr)
+        assert [g["lr"] for g in opts["estimator"].param_groups] == [expected]
+        assert [g["lr"] for g in opts["model"].param_groups] == [1e-3]
+
+
 def test_bad_optimizer_settings(toy: ToyGraph) -> None:
     model = build(toy, "sea")
-    with pytest.raises(ValueError, match="estimator_lr"):
-        build_optimizers(model, lr=1e-3)
     with pytest.raises(ValueError, match="weight_decay"):
         build_optimizers(model, lr=1e-3, weight_decay=1e-4, estimator_lr=1e-4, sparse_tables=True)
-    plain = SEA(3, 4, {"a": 4, "b": 4}, SEAParams(distancing="neg_l2"))
+    plain = SEA(3, 4, {"a": 4, "b": 4}, SEAParams(distancing="neg_l2", solo_anchor="b"))
     assert build_optimizers(plain, lr=1e-3)["estimator"] is None

@@ -9,6 +9,7 @@ from sea_dist.config import LightGCNCfg, MENTORCfg, ModelCfg, SEACfg, VBPRCfg
 from sea_dist.errors import ConfigError
 from sea_dist.models.base import Recommender
 from sea_dist.models.registry import build_model, registered_models
+from sea_dist.models.sea import SEA
 
 from tests.models.toy_graph import ToyGraph, make_toy_graph
 
@@ -108,3 +109,19 @@ def test_sea_needs_two_modalities(name: str) -> None:
     one = make_toy_graph(dims={"image": 6, "text": 4})
     with pytest.raises(ConfigError, match="at least two modalities"):
         build_model(model_cfg(name), one.num_users, one.num_items, {"image": 6})
+
+
+@pytest.mark.parametrize("name", ["sea", "sand"])
+def test_solo_anchor_is_refused_as_its_config_key(name: str) -> None:
+    def anchor(dims: dict[str, int], **overrides: object) -> str | None:
+        model = build_model(model_cfg(name).model_copy(update=overrides), 5, 6, dims)
+        assert isinstance(model, SEA)
+        return model.anchor
+
+    tiktok = {"image": 6, "audio": 4}
+    assert anchor(tiktok) == "audio"
+    with pytest.raises(ConfigError, match=r"^model\.solo_anchor: 'text' is not among the modal"):
+        anchor(tiktok, solo_anchor="text")
+    with pytest.raises(ConfigError, match=r"^model\.solo_anchor: no reference anchor"):
+        anchor({"visual": 6, "acoustic": 4})
+    assert anchor({"visual": 6, "acoustic": 4}, solo_anchor="acoustic") == "acoustic"

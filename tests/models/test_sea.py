@@ -8,9 +8,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from sea_dist.graph.batch import MiniBatch
-from sea_dist.losses.contrastive import solo_sim_loss
+from sea_dist.losses.contrastive import info_nce, solo_sim_loss
 from sea_dist.models.base import item_feature_rows
-from sea_dist.models.sea import SEA, SEAParams, split_generic_unique
+from sea_dist.models.sea import SEA, SEAParams, solo_anchor, split_generic_unique
 
 from tests.models.toy_graph import ToyGraph, make_toy_graph
 
@@ -124,11 +124,11 @@ def test_split_losses_cover_exactly_the_loss_items(toy: ToyGraph) -> None:
     batch, _ = toy.sampled_batch(2, toy.triples(5))
     item_ids = batch.output_nodes[batch.loss_items] - toy.num_users
     with torch.no_grad():
-        views = [
-            model.heads[m](split_generic_unique(model.maps[m](toy.features[m][item_ids]))[0])
+        views = {
+            m: model.heads[m](split_generic_unique(model.maps[m](toy.features[m][item_ids]))[0])
             for m in model.modalities
-        ]
-        expected = solo_sim_loss(views, model.params.tau)
+        }
+        expected = solo_sim_loss(views["text"], [views["image"]], model.params.tau)
         assert float(model(batch)["solo"]) == pytest.approx(float(expected), rel=1e-5)
 
 
@@ -165,6 +165,55 @@ def test_estimators_per_modality_or_shared(toy: ToyGraph) -> None:
     # The reference fits q(image generic | text generic) and q(image unique | text unique).
     expected = q.learning_loss(txt_g, img_g) + q.learning_loss(txt_u, img_u)
     assert float(cross.estimator_loss(out)) == pytest.approx(float(expected), rel=1e-6)
+    # The conditioning side is the named anchor, not a position.
+    cross.anchor = "image"
+    expected = q.learning_loss(img_g, txt_g) + q.learning_loss(img_u, txt_u)
+    assert float(cross.estimator_loss(out)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def _solo_views(model: SEA, toy: ToyGraph) -> dict[str, Tensor]:
+    """Projected generic parts of every item, as a full-graph forward computes them."""
+    return {
+        m: model.heads[m](split_generic_unique(model.maps[m](toy.features[m]))[0])
+        for m in model.modalities
+    }
+
+
+def test_solo_anchor_goes_by_name(toy: ToyGraph) -> None:
+    """By default SoloSim anchors on the modality that is not image (the reference's text),
+    whatever order the modalities come in; a named anchor turns the direction round."""
+    batch = toy.full_batch(2, toy.triples(6))
+    tau = SEAParams().tau
+    default = make_sea(toy, distancing="none")
+    assert default.anchor == "text"
+    with torch.no_grad():
+        views = _solo_views(default, toy)
+        text_anchored = float(default(batch)["solo"])
+        assert text_anchored == pytest.approx(float(info_nce(views["text"], views["image"], tau)))
+        image_anchored = float(make_sea(toy, distancing="none", solo_anchor="image")(batch)["solo"])
+        assert image_anchored == pytest.approx(float(info_nce(views["image"], views["text"], tau)))
+        assert image_anchored != pytest.approx(text_anchored, rel=1e-3)
+        dims = {m: toy.features[m].shape[1] for m in ("text", "image")}  # the other order
+        reordered = SEA(toy.num_users, toy.num_items, dims, SEAParams(**SMALL, distancing="none"))
+        reordered.load_state_dict(default.state_dict())  # parameters are keyed by modality
+        assert reordered.anchor == "text"
+        assert float(reordered(batch)["solo"]) == pytest.approx(text_anchored, rel=1e-6)
+
+
+def test_solo_anchor_defaults_and_refusals() -> None:
+    assert solo_anchor(["audio", "image"]) == "audio"  # TikTok as the store once ordered it
+    assert solo_anchor(["image", "text"]) == "text"
+    assert solo_anchor(["image", "text"], "image") == "image"
+    with pytest.raises(ValueError, match=r"^'audio' is not among the modalities \(image, text\)$"):
+        solo_anchor(["image", "text"], "audio")
+    for ambiguous in (["visual", "acoustic"], ["image", "text", "audio"]):
+        with pytest.raises(ValueError, match="no reference anchor"):
+            solo_anchor(ambiguous)
+    with pytest.raises(ValueError, match="no reference anchor"):
+        SEA(3, 4, {"visual": 4, "acoustic": 4})
+    # Nothing has a direction: no anchor is needed, and none is resolved.
+    plain = SEA(3, 4, {"visual": 4, "acoustic": 4}, SEAParams(use_solo=False, distancing="neg_l2"))
+    assert plain.anchor is None
 
 
 def test_sand_has_no_estimator_and_a_bounded_term(toy: ToyGraph) -> None:
@@ -184,7 +233,7 @@ def test_map_dim_narrows_the_features(toy: ToyGraph) -> None:
 
 def test_three_modalities() -> None:
     toy = make_toy_graph(dims={"image": 10, "text": 6, "audio": 8})
-    model = make_sea(toy)
+    model = make_sea(toy, solo_anchor="text")  # no single reference anchor among three
     batch = toy.full_batch(2, toy.triples(4))
     assert model.node_embeddings(batch).shape == (toy.num_nodes, 48)
     out = model(batch)

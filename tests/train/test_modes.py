@@ -17,7 +17,7 @@ def parts(tiny_store):
     graph = build_graph(tiny_store.num_users, tiny_store.num_items, users, items)
     features = {m: tiny_store.features(m) for m in tiny_store.modalities}
     item_graph = build_item_graph(
-        list(features.values()), first_modality_weight=0.1, k=10, method="exact",
+        features, weights=None, k=10, method="exact",
         exact_max_items=10_000,
     )
     return tiny_store, graph, item_graph, features
