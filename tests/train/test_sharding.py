@@ -63,7 +63,7 @@ def _worker(rank: int, world: int, port: int, store_path: str, model_name: str, 
     features = {m: store.features(m) for m in store.modalities}
     hops = 0 if model_name == "lightgcn" else 1
     item_graph = None if hops == 0 else build_item_graph(
-        list(features.values()), first_modality_weight=0.1, k=5, method="exact", exact_max_items=10_000
+        features, None, k=5, method="exact", exact_max_items=10_000
     )
     torch.manual_seed(0)
     dims = {m: int(f.shape[1]) for m, f in features.items()}
