@@ -212,6 +212,11 @@ class TrainCfg(_Section):
     placement: Literal["PACK", "SPREAD"] = Field(
         default="PACK", description="Ray placement of workers: SPREAD puts one per node"
     )
+    tables: Literal["replicated", "row_sharded"] = Field(
+        default="replicated",
+        description="ID tables on every worker, or their rows split across workers "
+        "(each stores 1/P of every table and its optimizer state; sampled mode)",
+    )
 
 
 class EvalCfg(_Section):
@@ -244,6 +249,9 @@ class RunCfg(_Section):
     def _sampled_mode_rules(self) -> RunCfg:
         # Checked here, at load, so that the driver refuses them before Ray starts a worker.
         if self.train.mode != "sampled":
+            if self.train.tables == "row_sharded":
+                # Full-graph steps read every row: a sharded table would be gathered whole.
+                raise ValueError("train.tables=row_sharded needs train.mode=sampled")
             return self
         if len(self.train.fanouts) != self.model.num_layers:
             raise ValueError(

@@ -37,6 +37,15 @@ from sea_dist.models.registry import build_model, resolve_item_labels
 from sea_dist.train.checkpoint import STATE_FILE, find_checkpoint, load_checkpoint, save_checkpoint
 from sea_dist.train.optim import build_optimizers, fit_estimator
 from sea_dist.train.run_files import CHECKPOINT_SCORE, LOG, RAY_STORAGE, RunFiles
+from sea_dist.train.sharding import (
+    ShardedIdTable,
+    gather_model_state,
+    gather_optimizer_state,
+    shard_model_state,
+    shard_optimizer_state,
+    shard_tables,
+    take_bytes_sent,
+)
 from sea_dist.train.sparse_sync import sync_sparse_grads
 
 log = logging.getLogger(__name__)
@@ -221,6 +230,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     dims = {m: int(data.features[m].shape[1]) for m in data.modalities}
     labels = resolve_item_labels(cfg.model, store.labels(), data.features)  # SGFD only
     model = build_model(cfg.model, store.num_users, store.num_items, dims, labels).to(device)
+    # Every rank built the same tables from the same seed; each now keeps its own rows only.
+    sharded = shard_tables(model, rank, world) if cfg.train.tables == "row_sharded" and world > 1 else {}
     # Sampled steps touch few table rows: sparse grads + SparseAdam. Full-graph steps touch
     # every row anyway, so they keep the reference's dense Adam.
     sparse_tables = cfg.train.mode == "sampled"
@@ -240,10 +251,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state = load_checkpoint(ckpt_dir, map_location=device)
 
             def restore() -> None:
-                model.load_state_dict(state["model"])
-                for name, opt in optimizers.items():
-                    if opt is not None:
-                        opt.load_state_dict(state["optimizers"][name])
+                _load_training_state(model, optimizers, sharded, state)
                 stopper.load_state_dict(state["stopper"])
 
             _restore(ckpt_dir, restore)
@@ -283,7 +291,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             out["loss"].backward()
             now = time.perf_counter()
             timers["forward_backward"] += now - tick
-            if sparse_tables:
+            if sharded:
+                emb_bytes += take_bytes_sent(sharded)  # the lookups already reduced the grads
+            elif sparse_tables:
                 emb_bytes += sync_sparse_grads(tables)
             elif world > 1:
                 emb_bytes += _all_reduce_dense(tables)
@@ -332,16 +342,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         stop = stopper.should_stop or epoch + 1 == cfg.train.epochs
         metrics["elapsed_s"] = wall_before + time.perf_counter() - started  # time-to-accuracy
         metrics["done"] = False
-        state = {
-            "model": model.state_dict(),
-            "optimizers": {n: o.state_dict() for n, o in optimizers.items() if o is not None},
-            "stopper": stopper.state_dict(),
-            "epoch": epoch,
-            "wall_time_s": wall_before + time.perf_counter() - started,
-        }
         if rank == 0:
             files.append_metrics(metrics)
         save = stop or improved or (epoch + 1) % cfg.train.checkpoint_every == 0
+        state = {}
+        if save:  # gathering sharded tables is a collective: only when a checkpoint is written
+            state = {
+                **_training_state(model, optimizers, sharded),
+                "stopper": stopper.state_dict(),
+                "epoch": epoch,
+                "wall_time_s": wall_before + time.perf_counter() - started,
+            }
         # Ray Train keeps the checkpoint with the highest score and the latest one: scoring
         # only improvements makes the kept best the early-stopping best (equal values later
         # would otherwise tie with it), so no checkpoint needs a copy of the best model.
@@ -354,12 +365,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if world > 1:
             dist.barrier()  # rank 0 returns from its last report once its checkpoint is stored
         best = find_checkpoint(run_dir / RAY_STORAGE, stopper.best_epoch)
-        _restore(best, lambda: model.load_state_dict(load_checkpoint(best, map_location=device)["model"]))
+        best_model = load_checkpoint(best, map_location=device)["model"]
+        _restore(best, lambda: model.load_state_dict(_shard_state(best_model, sharded)))
     emb = _full_embeddings(model, full_batch)
     users_emb, items_emb = emb[: store.num_users], emb[store.num_users :]
     valid = evaluator.evaluate(users_emb, items_emb, "valid", users_sample=cfg.eval.users_sample)
     test = evaluator.evaluate(users_emb, items_emb, "test", users_sample=cfg.eval.users_sample)
     peaks = _gather_floats(_peak_rss_mb())
+    model_state = gather_model_state(model, sharded) if sharded else model.state_dict()
     if rank == 0:
         history = files.read_metrics()
         report = {
@@ -379,7 +392,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "peak_rss_mb_per_worker": peaks,
         }
         files.write_results(
-            report, cfg, model, emb, wall_time=lambda: wall_before + time.perf_counter() - started
+            report, cfg, model_state, emb, wall_time=lambda: wall_before + time.perf_counter() - started
         )
     files.close()
     ray.train.report({"done": True, "best_epoch": stopper.best_epoch, **{f"test/{k}": v for k, v in test.items()}})
@@ -395,6 +408,43 @@ def _all_reduce_dense(tables: list[torch.nn.Parameter]) -> int:
             table.grad /= world
             sent += int(2 * (world - 1) / world * table.grad.numel() * table.grad.element_size())
     return sent
+
+
+def _training_state(
+    model: Recommender, optimizers: dict[str, Any], sharded: dict[str, ShardedIdTable]
+) -> dict[str, Any]:
+    """Model and optimizer state in the replicated layout (collective with sharded tables;
+    only rank 0's copy is complete, and only rank 0 writes it)."""
+    if not sharded:
+        return {
+            "model": model.state_dict(),
+            "optimizers": {n: o.state_dict() for n, o in optimizers.items() if o is not None},
+        }
+    opts = {}
+    for name, opt in optimizers.items():
+        if opt is not None:
+            opts[name] = (
+                gather_optimizer_state(opt, list(sharded.values())) if name == "tables" else opt.state_dict()
+            )
+    return {"model": gather_model_state(model, sharded), "optimizers": opts}
+
+
+def _load_training_state(
+    model: Recommender, optimizers: dict[str, Any], sharded: dict[str, ShardedIdTable], state: dict[str, Any]
+) -> None:
+    """Load a replicated-layout state, cut to this rank's rows when the tables are sharded
+    (so a run resumes on any number of workers)."""
+    model.load_state_dict(_shard_state(state["model"], sharded))
+    for name, opt in optimizers.items():
+        if opt is not None:
+            opt_state = state["optimizers"][name]
+            if sharded and name == "tables":
+                opt_state = shard_optimizer_state(opt_state, list(sharded.values()))
+            opt.load_state_dict(opt_state)
+
+
+def _shard_state(model_state: dict[str, Any], sharded: dict[str, ShardedIdTable]) -> dict[str, Any]:
+    return shard_model_state(model_state, sharded) if sharded else model_state
 
 
 def _restore(directory: str | Path, load: Callable[[], Any]) -> None:

@@ -93,17 +93,18 @@ class RunFiles:
         self,
         report: dict[str, Any],
         cfg: RunCfg,
-        model: torch.nn.Module,
+        model_state: dict[str, torch.Tensor],
         embeddings: torch.Tensor,
         wall_time: Callable[[], float],
     ) -> None:
         """Best checkpoint, embeddings, report.json and summary.md (report last: it marks done).
 
-        ``embeddings`` are the final node embeddings ``[U + I, d]`` of the best model.
+        ``model_state`` is the best model's full state dict, ``embeddings`` its final node
+        embeddings ``[U + I, d]``.
         ``wall_time()`` becomes the report's ``wall_time_s``; it is read once the large files
         are written, so the figure covers the whole run but the two small files.
         """
-        save_checkpoint(self.root / BEST, {"model": model.state_dict()}, dump_config(cfg))
+        save_checkpoint(self.root / BEST, {"model": model_state}, dump_config(cfg))
         self._export_embeddings(embeddings, int(report["num_users"]))
         report = {**report, "wall_time_s": wall_time()}
         atomic_write_text(self.root / "summary.md", summary_markdown(report))

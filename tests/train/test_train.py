@@ -9,7 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.train.conftest import (
-    ROOT, epochs_logged, kill, run_train, train_cmd, wait_for, worker_pid,
+    ROOT, SEA_DIST, epochs_logged, kill, run_train, train_cmd, wait_for, worker_pid,
 )
 
 METRIC_KEYS = {"recall@10", "recall@20", "ndcg@10", "ndcg@20"}
@@ -61,6 +61,21 @@ def test_sampled_sea_two_workers_is_deterministic(train_store: Path, tmp_path: P
     second = run_train(train_store, tmp_path / "b", *sets)
     assert first["test"] == second["test"]
     assert first["valid"] == second["valid"]
+
+
+def test_row_sharded_tables_train_as_replicated(train_store: Path, tmp_path: Path) -> None:
+    sets = (*QUICK, "train.mode=sampled", "train.workers=2", "train.epochs=2", "train.sampling_threads=1")
+    replicated = run_train(train_store, tmp_path / "replicated", *sets)
+    sharded = run_train(train_store, tmp_path / "sharded", *sets, "train.tables=row_sharded")
+    for split in ("valid", "test"):
+        for key, value in replicated[split].items():
+            assert sharded[split][key] == pytest.approx(value, abs=1e-4), key
+    # Each worker holds half of every table (and so half of their optimizer state).
+    assert sharded["embedding_table_bytes"] == pytest.approx(replicated["embedding_table_bytes"] / 2, rel=0.01)
+    evaluated = subprocess.run([SEA_DIST, "evaluate", "--run", str(tmp_path / "sharded")], cwd=ROOT,
+                               capture_output=True, text=True, timeout=300)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads(evaluated.stdout)["recall@20"] == pytest.approx(sharded["test"]["recall@20"], abs=1e-6)
 
 
 @pytest.mark.slow
