@@ -1,0 +1,107 @@
+"""Per-worker memory of the ID tables and their optimizer state, replicated against row-sharded.
+
+Run from the repository root::
+
+    python -m benchmarks.bench_memory                       # P = 1, 2, 4
+    python -m benchmarks.bench_memory --users 100000 --items 20000 --interactions 500000
+
+A generated catalogue (default 800k users, 100k items, 4M interactions, 128-d image and 64-d
+text features in float16) is trained for a few sampled steps of SEA at 64-d through the real
+``sea-dist train``, at each worker count with ``train.tables=replicated`` and, for P > 1,
+``train.tables=row_sharded``. Recorded per case:
+
+- the bytes of ID tables each worker holds (``embedding_table_bytes``, from the run's report)
+  and of their SparseAdam moments (two per row, so twice the tables);
+- rank 0's peak RSS up to the end of training (before validation), and every rank's peak RSS
+  at the end of the run, which includes validation and test: each rank still runs the
+  full-graph forward for them, so that part does not shrink with P.
+
+Results go to ``benchmarks/results/memory.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from sea_dist.bench.measure import machine
+from sea_dist.data.synthetic import generate_store
+from sea_dist.io import atomic_write_text
+
+ROOT = Path(__file__).resolve().parents[1]
+SEA_DIST = str(Path(sys.executable).with_name("sea-dist"))
+
+
+def _train(store: Path, out: Path, workers: int, tables: str, steps: int) -> dict[str, Any]:
+    sets = [
+        f"data.path={store}", f"data.cache_dir={out.parent / 'cache'}",
+        "train.epochs=1", "train.batch_size=2048", "train.lr=1e-3", "train.mode=sampled",
+        f"train.workers={workers}", f"train.max_steps_per_epoch={steps}", f"train.tables={tables}",
+        "model.embedding_dim=64", "model.estimator_steps=5", "graph.knn_method=ann",
+        "eval.users_sample=2000",
+    ]
+    cmd = [SEA_DIST, "train", "--config", "configs/sea.yaml", "--output", str(out), "--quiet", "--json"]
+    for item in sets:
+        cmd += ["--set", item]
+    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    report = json.loads((out / "report.json").read_text())
+    epoch = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    return {**report, "train_peak_rss_mb_rank0": epoch["peak_rss_mb"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--users", type=int, default=800_000)
+    parser.add_argument("--items", type=int, default=100_000)
+    parser.add_argument("--interactions", type=int, default=4_000_000)
+    parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "bench_memory")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "memory.json")
+    args = parser.parse_args()
+
+    store = args.work_dir / f"store_{args.users}_{args.items}_{args.interactions}"
+    if not (store / "meta.json").exists():
+        generate_store(store, args.users, args.items, args.interactions, {"image": 128, "text": 64},
+                       seed=0, progress=False, feature_dtype="float16")
+    cases = []
+    for workers in args.workers:
+        for tables in ("replicated", "row_sharded") if workers > 1 else ("replicated",):
+            out = args.work_dir / f"run_{workers}_{tables}"
+            shutil.rmtree(out, ignore_errors=True)
+            started = time.perf_counter()
+            report = _train(store, out, workers, tables, args.steps)
+            table = report["embedding_table_bytes"]
+            cases.append({
+                "workers": workers,
+                "tables": tables,
+                "table_bytes_per_worker": table,
+                "optimizer_state_bytes_per_worker": 2 * table,
+                "train_peak_rss_mb_rank0": report["train_peak_rss_mb_rank0"],
+                "peak_rss_mb_per_worker": report["peak_rss_mb_per_worker"],
+                "embedding_bytes_per_step": report["embedding_bytes_per_step"],
+                "run_seconds": time.perf_counter() - started,
+            })
+            print(json.dumps(cases[-1]), flush=True)
+
+    result = {
+        "benchmark": "memory",
+        "command": "python -m benchmarks.bench_memory " + " ".join(sys.argv[1:]),
+        "params": {"users": args.users, "items": args.items, "interactions": args.interactions,
+                   "model": "sea", "embedding_dim": 64, "steps": args.steps, "batch_size": 2048,
+                   "features": {"image": 128, "text": 64}, "feature_dtype": "float16"},
+        "machine": machine(),
+        "cases": cases,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
