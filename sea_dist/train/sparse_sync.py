@@ -7,8 +7,9 @@ sums what it receives into the same row-sparse gradient, and a sparse optimizer
 (``torch.optim.SparseAdam``) updates only those rows. Communication per step is
 ``O(touched rows x width)``, independent of the table size, on gloo and NCCL alike.
 
-Tables stay replicated on every worker (each holds the full table); row-sharding tables
-larger than one worker's memory is not implemented.
+This is the ``train.tables=replicated`` layout: every worker holds the full tables. With
+``train.tables=row_sharded`` each worker holds 1/P of them instead (:mod:`sea_dist.train.sharding`)
+and this module is not used.
 """
 
 from __future__ import annotations
