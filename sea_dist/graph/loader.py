@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import threading
+import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -108,8 +109,10 @@ class _FullGraph:
         self.num_layers = num_layers
         self.nodes = torch.arange(graph.num_nodes)
         self.item_block = None if item_hop is None else _full_item_block(graph.num_users, item_hop)
-        # A copy: stores are read-only memory maps, and torch wants writable arrays.
-        self.features = {m: torch.from_numpy(np.array(f, dtype=np.float32)) for m, f in features.items()}
+        # Views of the store's read-only memory maps in their own dtype, not float32 copies:
+        # the pages are shared by every worker of a node through the page cache, and the
+        # models cast what they read. Nothing writes to them.
+        self.features = {m: _read_only_tensor(f) for m, f in features.items()}
 
     def batch(self, users: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> MiniBatch:
         num_users = self.graph.num_users
@@ -126,6 +129,12 @@ class _FullGraph:
             item_graph=self.item_block,
             item_features=self.features,
         )
+
+
+def _read_only_tensor(array: np.ndarray) -> torch.Tensor:
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def full_graph_batch(
