@@ -49,7 +49,9 @@ def _train(store: Path, out: Path, workers: int, tables: str, steps: int) -> dic
     cmd = [SEA_DIST, "train", "--config", "configs/sea.yaml", "--output", str(out), "--quiet", "--json"]
     for item in sets:
         cmd += ["--set", item]
-    subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
+    run = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if run.returncode != 0:  # e.g. Ray's memory monitor killed a worker: that is a result too
+        return {"error": run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "failed"}
     report = json.loads((out / "report.json").read_text())
     epoch = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
     return {**report, "train_peak_rss_mb_rank0": epoch["peak_rss_mb"]}
@@ -70,13 +72,24 @@ def main() -> None:
     if not (store / "meta.json").exists():
         generate_store(store, args.users, args.items, args.interactions, {"image": 128, "text": 64},
                        seed=0, progress=False, feature_dtype="float16")
-    cases = []
+    params = {"users": args.users, "items": args.items, "interactions": args.interactions,
+              "model": "sea", "embedding_dim": 64, "steps": args.steps, "batch_size": 2048,
+              "features": {"image": 128, "text": 64}, "feature_dtype": "float16"}
+    # Cases measured before with the same parameters are kept, so worker counts can be rerun
+    # one at a time (each run takes minutes on 2 cores).
+    previous = json.loads(args.out.read_text()) if args.out.exists() else {}
+    kept = previous.get("cases", []) if previous.get("params") == params else []
+    cases = [c for c in kept if c["workers"] not in args.workers]
     for workers in args.workers:
         for tables in ("replicated", "row_sharded") if workers > 1 else ("replicated",):
             out = args.work_dir / f"run_{workers}_{tables}"
             shutil.rmtree(out, ignore_errors=True)
             started = time.perf_counter()
             report = _train(store, out, workers, tables, args.steps)
+            if "error" in report:
+                cases.append({"workers": workers, "tables": tables, **report})
+                print(json.dumps(cases[-1]), flush=True)
+                continue
             table = report["embedding_table_bytes"]
             cases.append({
                 "workers": workers,
@@ -93,11 +106,9 @@ def main() -> None:
     result = {
         "benchmark": "memory",
         "command": "python -m benchmarks.bench_memory " + " ".join(sys.argv[1:]),
-        "params": {"users": args.users, "items": args.items, "interactions": args.interactions,
-                   "model": "sea", "embedding_dim": 64, "steps": args.steps, "batch_size": 2048,
-                   "features": {"image": 128, "text": 64}, "feature_dtype": "float16"},
+        "params": params,
         "machine": machine(),
-        "cases": cases,
+        "cases": sorted(cases, key=lambda c: (c["workers"], c["tables"])),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """User-facing errors: the CLI prints their message on one line and exits non-zero.
 
-Every :class:`SeaDistError` is one that no retry can fix (a wrong key, a corrupt file, a
+Every :class:`SeaDistError` but :class:`TrainingFailed` is one that no retry can fix (a wrong key, a corrupt file, a
 diverged model): raised inside a Ray Train worker it ends the run at once instead of being
 retried like a lost node (see ``train/trainer.py``).
 """
@@ -26,3 +26,10 @@ class CheckpointError(SeaDistError):
 
 class DivergenceError(SeaDistError):
     """Training produced non-finite losses or embeddings; resuming would diverge again."""
+
+
+class TrainingFailed(SeaDistError):
+    """The driver's report that the workers failed more often than ``train.max_failures``
+    allows (a bug, or lost nodes); the traceback is in the run's ``train.log``."""
+
+    exit_code = 1

@@ -415,17 +415,11 @@ def _training_state(
 ) -> dict[str, Any]:
     """Model and optimizer state in the replicated layout (collective with sharded tables;
     only rank 0's copy is complete, and only rank 0 writes it)."""
+    opts = {n: o.state_dict() for n, o in optimizers.items() if o is not None}
     if not sharded:
-        return {
-            "model": model.state_dict(),
-            "optimizers": {n: o.state_dict() for n, o in optimizers.items() if o is not None},
-        }
-    opts = {}
-    for name, opt in optimizers.items():
-        if opt is not None:
-            opts[name] = (
-                gather_optimizer_state(opt, list(sharded.values())) if name == "tables" else opt.state_dict()
-            )
+        return {"model": model.state_dict(), "optimizers": opts}
+    if optimizers.get("tables") is not None:
+        opts["tables"] = gather_optimizer_state(optimizers["tables"], list(sharded.values()))
     return {"model": gather_model_state(model, sharded), "optimizers": opts}
 
 

@@ -30,7 +30,7 @@ from ray.util.queue import Queue
 from tqdm import tqdm
 
 from sea_dist.config import RunCfg
-from sea_dist.errors import ConfigError, SeaDistError
+from sea_dist.errors import ConfigError, SeaDistError, TrainingFailed
 from sea_dist.train.loop import prepare_data, train_loop_per_worker
 from sea_dist.train.preflight import check_run, plan_run_dir
 from sea_dist.train.run_files import CHECKPOINT_SCORE, LOG, RAY_STORAGE, REPORT
@@ -59,12 +59,12 @@ class _ForwardMetrics(ray.train.UserCallback):
         for rank, exc in sorted(worker_exceptions.items()):
             cause = getattr(exc, "_base_exc", exc)  # Ray wraps it with its traceback
             if isinstance(cause, SeaDistError):
-                self.queue.put({"fatal": cause, "rank": rank})
+                self.queue.put({"fatal": cause})
                 raise _NotRetryable(f"rank {rank}: {cause}")
 
 
 class _NotRetryable(RuntimeError):
-    pass
+    """Raised on the Train controller to end the run (see :class:`_ForwardMetrics`)."""
 
 
 def _absolute_paths(cfg: RunCfg) -> RunCfg:
@@ -216,12 +216,6 @@ def _fit(cfg: RunCfg, out: Path, *, local: bool, progress: bool, started: float)
     if not report_path.exists():
         raise SeaDistError(f"{out}: training ended without writing {REPORT}")
     return json.loads(report_path.read_text())
-
-
-class TrainingFailed(SeaDistError):
-    """The workers failed more often than ``train.max_failures`` allows (a bug, or lost nodes)."""
-
-    exit_code = 1
 
 
 def _one_line(exc: BaseException) -> str:
