@@ -40,16 +40,35 @@ SEA_DIST = str(Path(sys.executable).with_name("sea-dist"))
 
 def _train(store: Path, out: Path, workers: int, tables: str, steps: int) -> dict[str, Any]:
     sets = [
-        f"data.path={store}", f"data.cache_dir={out.parent / 'cache'}",
-        "train.epochs=1", "train.batch_size=2048", "train.lr=1e-3", "train.mode=sampled",
-        f"train.workers={workers}", f"train.max_steps_per_epoch={steps}", f"train.tables={tables}",
-        "model.embedding_dim=64", "model.estimator_steps=5", "graph.knn_method=ann",
+        f"data.path={store}",
+        f"data.cache_dir={out.parent / 'cache'}",
+        "train.epochs=1",
+        "train.batch_size=2048",
+        "train.lr=1e-3",
+        "train.mode=sampled",
+        f"train.workers={workers}",
+        f"train.max_steps_per_epoch={steps}",
+        f"train.tables={tables}",
+        "model.embedding_dim=64",
+        "model.estimator_steps=5",
+        "graph.knn_method=ann",
         "eval.users_sample=2000",
     ]
-    cmd = [SEA_DIST, "train", "--config", "configs/sea.yaml", "--output", str(out), "--quiet", "--json"]
+    cmd = [
+        SEA_DIST,
+        "train",
+        "--config",
+        "configs/sea.yaml",
+        "--output",
+        str(out),
+        "--quiet",
+        "--json",
+    ]
     for item in sets:
         cmd += ["--set", item]
-    run = subprocess.run(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = subprocess.run(
+        cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     if run.returncode != 0:  # e.g. Ray's memory monitor killed a worker: that is a result too
         return {"error": run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "failed"}
     report = json.loads((out / "report.json").read_text())
@@ -70,11 +89,27 @@ def main() -> None:
 
     store = args.work_dir / f"store_{args.users}_{args.items}_{args.interactions}"
     if not (store / "meta.json").exists():
-        generate_store(store, args.users, args.items, args.interactions, {"image": 128, "text": 64},
-                       seed=0, progress=False, feature_dtype="float16")
-    params = {"users": args.users, "items": args.items, "interactions": args.interactions,
-              "model": "sea", "embedding_dim": 64, "steps": args.steps, "batch_size": 2048,
-              "features": {"image": 128, "text": 64}, "feature_dtype": "float16"}
+        generate_store(
+            store,
+            args.users,
+            args.items,
+            args.interactions,
+            {"image": 128, "text": 64},
+            seed=0,
+            progress=False,
+            feature_dtype="float16",
+        )
+    params = {
+        "users": args.users,
+        "items": args.items,
+        "interactions": args.interactions,
+        "model": "sea",
+        "embedding_dim": 64,
+        "steps": args.steps,
+        "batch_size": 2048,
+        "features": {"image": 128, "text": 64},
+        "feature_dtype": "float16",
+    }
     # Cases measured before with the same parameters are kept, so worker counts can be rerun
     # one at a time (each run takes minutes on 2 cores).
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
@@ -91,16 +126,18 @@ def main() -> None:
                 print(json.dumps(cases[-1]), flush=True)
                 continue
             table = report["embedding_table_bytes"]
-            cases.append({
-                "workers": workers,
-                "tables": tables,
-                "table_bytes_per_worker": table,
-                "optimizer_state_bytes_per_worker": 2 * table,
-                "train_peak_rss_mb_rank0": report["train_peak_rss_mb_rank0"],
-                "peak_rss_mb_per_worker": report["peak_rss_mb_per_worker"],
-                "embedding_bytes_per_step": report["embedding_bytes_per_step"],
-                "run_seconds": time.perf_counter() - started,
-            })
+            cases.append(
+                {
+                    "workers": workers,
+                    "tables": tables,
+                    "table_bytes_per_worker": table,
+                    "optimizer_state_bytes_per_worker": 2 * table,
+                    "train_peak_rss_mb_rank0": report["train_peak_rss_mb_rank0"],
+                    "peak_rss_mb_per_worker": report["peak_rss_mb_per_worker"],
+                    "embedding_bytes_per_step": report["embedding_bytes_per_step"],
+                    "run_seconds": time.perf_counter() - started,
+                }
+            )
             print(json.dumps(cases[-1]), flush=True)
 
     result = {

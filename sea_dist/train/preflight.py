@@ -116,11 +116,15 @@ def plan_run_dir(root: Path, cfg: RunCfg, *, allow_changes: bool = False) -> Run
             results, and ``allow_changes`` is false; the message lists the keys.
     """
     if (root / REPORT).exists():
-        raise SeaDistError(f"{root}: run already finished ({REPORT} exists); choose another --output")
+        raise SeaDistError(
+            f"{root}: run already finished ({REPORT} exists); choose another --output"
+        )
     stored = root / CONFIG
     if not stored.is_file():
         if root.is_dir() and any(root.iterdir()):
-            raise SeaDistError(f"{root}: not empty and not a sea-dist run (no {CONFIG}); choose another --output")
+            raise SeaDistError(
+                f"{root}: not empty and not a sea-dist run (no {CONFIG}); choose another --output"
+            )
         return RunDirPlan(root, resume=False)
     changes = config_changes(load_config(stored), cfg)
     if changes and not allow_changes:

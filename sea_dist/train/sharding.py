@@ -158,7 +158,9 @@ def _gather_rows(local: Tensor, table: ShardedIdTable) -> Tensor | None:
     return None if parts is None else torch.cat(parts)[: table.num_rows]
 
 
-def gather_model_state(model: nn.Module, tables: dict[str, ShardedIdTable]) -> dict[str, Tensor] | None:
+def gather_model_state(
+    model: nn.Module, tables: dict[str, ShardedIdTable]
+) -> dict[str, Tensor] | None:
     """``model.state_dict()`` with full tables, on rank 0; ``None`` on the other ranks.
 
     Collective: every rank must call it.
@@ -171,7 +173,9 @@ def gather_model_state(model: nn.Module, tables: dict[str, ShardedIdTable]) -> d
     return state if next(iter(tables.values())).rank == 0 else None
 
 
-def shard_model_state(state: dict[str, Tensor], tables: dict[str, ShardedIdTable]) -> dict[str, Tensor]:
+def shard_model_state(
+    state: dict[str, Tensor], tables: dict[str, ShardedIdTable]
+) -> dict[str, Tensor]:
     """A full (replicated-layout) state dict cut to this rank's rows of every sharded table."""
     state = dict(state)
     for name, table in tables.items():

@@ -220,6 +220,12 @@ def _fit(cfg: RunCfg, out: Path, *, local: bool, progress: bool, started: float)
 
 def _one_line(exc: BaseException) -> str:
     """The innermost worker error as ``Type: message``, from Ray's multi-line report."""
+    if "running low on memory" in str(exc) or "out of memory" in str(exc):
+        # Ray's memory monitor killed a worker; its report is a page of advice.
+        return (
+            "a worker ran out of memory and Ray's memory monitor killed it "
+            "(try fewer workers per node, or train.tables=row_sharded)"
+        )
     failures = getattr(exc, "worker_failures", None) or {}
     for rank, failure in sorted(failures.items()):
         cause = getattr(failure, "_base_exc", failure)

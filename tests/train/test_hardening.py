@@ -40,9 +40,7 @@ def _plant(path: Path, marker: Path) -> None:
 
 
 def _cfg(store: Path, cache: Path, *sets: str, config: str = "configs/lightgcn.yaml"):
-    return load_config(
-        ROOT / config, [f"data.path={store}", f"data.cache_dir={cache}", *sets]
-    )
+    return load_config(ROOT / config, [f"data.path={store}", f"data.cache_dir={cache}", *sets])
 
 
 def _sea_dist(*args: str) -> subprocess.CompletedProcess:
@@ -90,15 +88,23 @@ def test_run_dir_plans(train_store: Path, tmp_path: Path) -> None:
     neutral = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"batch_users": 7})})
     assert not plan_run_dir(tmp_path / "new", neutral).changes
 
-    changed = cfg.model_copy(update={"train": cfg.train.model_copy(update={"lr": 1e-2, "epochs": 8})})
-    with pytest.raises(ConfigError, match=r"train\.epochs 1000 -> 8, train\.lr 0\.001 -> 0\.01.*--resume-with-changes"):
+    changed = cfg.model_copy(
+        update={"train": cfg.train.model_copy(update={"lr": 1e-2, "epochs": 8})}
+    )
+    with pytest.raises(
+        ConfigError,
+        match=r"train\.epochs 1000 -> 8, train\.lr 0\.001 -> 0\.01.*--resume-with-changes",
+    ):
         plan_run_dir(tmp_path / "new", changed)
     assert (tmp_path / "new" / "config.yaml").read_bytes() == stored
 
     allowed = plan_run_dir(tmp_path / "new", changed, allow_changes=True)
     allowed.apply(changed)
     record = json.loads((tmp_path / "new" / CHANGES).read_text())
-    assert record["changes"] == {"train.epochs": {"old": 1000, "new": 8}, "train.lr": {"old": 1e-3, "new": 1e-2}}
+    assert record["changes"] == {
+        "train.epochs": {"old": 1000, "new": 8},
+        "train.lr": {"old": 1e-3, "new": 1e-2},
+    }
     assert load_config(tmp_path / "new" / "config.yaml") == changed
 
     (tmp_path / "other").mkdir()
@@ -129,7 +135,9 @@ def test_corrupt_store_starts_no_worker(tiny_store, tmp_path: Path) -> None:
     store = Path(shutil.copytree(tiny_store.path, tmp_path / "store"))
     _flip_body_bytes(store / "features" / "image.npy")
     out = tmp_path / "run"
-    result = subprocess.run(train_cmd(store, out), cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        train_cmd(store, out), cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     line = _one_line_error(result)
     assert str(store / "features" / "image.npy") in line and "checksum" in line
     assert not out.exists()
@@ -138,10 +146,22 @@ def test_corrupt_store_starts_no_worker(tiny_store, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("sets", "config", "message"),
     [
-        (("data.modalities=[image]",), "configs/sea.yaml", "model.name=sea needs at least two modalities"),
-        (("data.modalities=[image, sound]",), "configs/sea.yaml", "data.modalities: sound not in the store"),
+        (
+            ("data.modalities=[image]",),
+            "configs/sea.yaml",
+            "model.name=sea needs at least two modalities",
+        ),
+        (
+            ("data.modalities=[image, sound]",),
+            "configs/sea.yaml",
+            "data.modalities: sound not in the store",
+        ),
         (("train.workers=100000",), "configs/lightgcn.yaml", "train.workers: 100000 workers for"),
-        (("model.sgfd.num_clusters=5000",), "configs/vbpr_sgfd.yaml", "model.sgfd.num_clusters: 5000 clusters for 200 items"),
+        (
+            ("model.sgfd.num_clusters=5000",),
+            "configs/vbpr_sgfd.yaml",
+            "model.sgfd.num_clusters: 5000 clusters for 200 items",
+        ),
     ],
 )
 def test_config_against_data_is_checked_before_ray(
@@ -159,7 +179,9 @@ def test_config_against_data_is_checked_before_ray(
 
 
 def test_sampled_weight_decay_is_refused_at_load(train_store: Path, tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="--set train.weight_decay=1e-4: train.weight_decay must be 0 in sampled"):
+    with pytest.raises(
+        ConfigError, match="--set train.weight_decay=1e-4: train.weight_decay must be 0 in sampled"
+    ):
         _cfg(train_store, tmp_path, "train.mode=sampled", "train.weight_decay=1e-4")
 
 
@@ -178,7 +200,9 @@ def test_tensorboard_appends_after_a_resume_without_duplicate_steps(tmp_path: Pa
     assert [s.value for s in scalars] == [1.0, 3.0, 4.0, 5.0]  # epoch 0 first run, 1-3 resumed
 
 
-def test_planted_ray_checkpoint_ends_the_run_without_a_retry(train_store: Path, tmp_path: Path) -> None:
+def test_planted_ray_checkpoint_ends_the_run_without_a_retry(
+    train_store: Path, tmp_path: Path
+) -> None:
     out, marker = tmp_path / "run", tmp_path / "ran"
     cmd = train_cmd(train_store, out, "train.epochs=2", config="configs/lightgcn.yaml")
     first = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -199,7 +223,9 @@ def test_planted_ray_checkpoint_ends_the_run_without_a_retry(train_store: Path, 
 def test_divergence_ends_the_run_at_once(train_store: Path, tmp_path: Path) -> None:
     out = tmp_path / "run"
     # Adam steps by about lr: embeddings of 1e30 overflow the scores and the loss is NaN.
-    cmd = train_cmd(train_store, out, "train.lr=1e30", "train.epochs=3", config="configs/lightgcn.yaml")
+    cmd = train_cmd(
+        train_store, out, "train.lr=1e30", "train.epochs=3", config="configs/lightgcn.yaml"
+    )
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     line = _one_line_error(result)
     assert "training diverged: loss nan at epoch 0" in line

@@ -46,8 +46,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _worker(rank: int, world: int, port: int, store_path: str, model_name: str, sharded: bool,
-            result: str, start: str | None) -> None:
+def _worker(
+    rank: int,
+    world: int,
+    port: int,
+    store_path: str,
+    model_name: str,
+    sharded: bool,
+    result: str,
+    start: str | None,
+) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
     from sea_dist.data.store import open_store
@@ -55,15 +63,19 @@ def _worker(rank: int, world: int, port: int, store_path: str, model_name: str, 
 
     # A collective that never completes fails the test with every thread's stack, not a hang.
     faulthandler.dump_traceback_later(180, exit=True)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    dist.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
+    )
     torch.set_num_threads(1)
     store = open_store(store_path)
     users, items = store.edges(0)
     graph = build_graph(store.num_users, store.num_items, users, items)
     features = {m: store.features(m) for m in store.modalities}
     hops = 0 if model_name == "lightgcn" else 1
-    item_graph = None if hops == 0 else build_item_graph(
-        features, None, k=5, method="exact", exact_max_items=10_000
+    item_graph = (
+        None
+        if hops == 0
+        else build_item_graph(features, None, k=5, method="exact", exact_max_items=10_000)
     )
     torch.manual_seed(0)
     dims = {m: int(f.shape[1]) for m, f in features.items()}
@@ -88,9 +100,19 @@ def _worker(rank: int, world: int, port: int, store_path: str, model_name: str, 
     net = DDP(model) if dense else model
     parts = partition_seed_edges(graph, world, method="random", seed=0)
     loader = MiniBatchLoader(
-        graph, item_graph, features, mode="sampled", fanouts=[3, 3], num_layers=2, item_hops=hops,
-        batch_size=64, num_negatives=1, seed=11 + rank, seed_edges=parts.seed_edges(rank),
-        prefetch=0, steps_per_epoch=STEPS,
+        graph,
+        item_graph,
+        features,
+        mode="sampled",
+        fanouts=[3, 3],
+        num_layers=2,
+        item_hops=hops,
+        batch_size=64,
+        num_negatives=1,
+        seed=11 + rank,
+        seed_edges=parts.seed_edges(rank),
+        prefetch=0,
+        steps_per_epoch=STEPS,
     )
     loader.set_epoch(0)
     for step, batch in enumerate(loader):
@@ -119,11 +141,28 @@ def _worker(rank: int, world: int, port: int, store_path: str, model_name: str, 
     dist.barrier()
 
 
-def _train(tmp_path: Path, store: Path, model_name: str, world: int, sharded: bool,
-           start: Path | None = None) -> dict:
+def _train(
+    tmp_path: Path,
+    store: Path,
+    model_name: str,
+    world: int,
+    sharded: bool,
+    start: Path | None = None,
+) -> dict:
     out = tmp_path / f"{model_name}-{world}-{'sharded' if sharded else 'replicated'}.pt"
-    mp.spawn(_worker, args=(world, _free_port(), str(store), model_name, sharded, str(out),
-                            str(start) if start else None), nprocs=world)
+    mp.spawn(
+        _worker,
+        args=(
+            world,
+            _free_port(),
+            str(store),
+            model_name,
+            sharded,
+            str(out),
+            str(start) if start else None,
+        ),
+        nprocs=world,
+    )
     return torch.load(out, weights_only=True)
 
 
@@ -150,14 +189,18 @@ def _assert_same_optimizer(a: dict, b: dict) -> None:
 
 @pytest.mark.parametrize("world", [2, 3])
 @pytest.mark.parametrize("model_name", ["lightgcn", "sea"])
-def test_sharded_tables_train_as_replicated(train_store: Path, tmp_path: Path, model_name: str,
-                                            world: int) -> None:
+def test_sharded_tables_train_as_replicated(
+    train_store: Path, tmp_path: Path, model_name: str, world: int
+) -> None:
     replicated = _train(tmp_path, train_store, model_name, world, sharded=False)
     sharded = _train(tmp_path, train_store, model_name, world, sharded=True)
     _assert_same(sharded["model"], replicated["model"])
     _assert_same_optimizer(sharded["tables"], replicated["tables"])
     start = build_model(CFGS[model_name], 300, 200, {"image": 32, "text": 24})
-    assert not torch.equal(start.state_dict()[next(iter(sharded["model"]))], sharded["model"][next(iter(sharded["model"]))])
+    assert not torch.equal(
+        start.state_dict()[next(iter(sharded["model"]))],
+        sharded["model"][next(iter(sharded["model"]))],
+    )
 
 
 def test_two_worker_state_resumes_on_three(train_store: Path, tmp_path: Path) -> None:
