@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from sea_dist.config import dump_config, load_config
-from sea_dist.errors import CheckpointError, ConfigError, DataError, SeaDistError
+from sea_dist.errors import CheckpointError, ConfigError, SeaDistError
 from sea_dist.train.checkpoint import STATE_FILE, load_checkpoint
 from sea_dist.train.preflight import CHANGES, plan_run_dir
 from sea_dist.train.run_files import RunFiles
