@@ -355,8 +355,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             }
         # Ray Train keeps the checkpoint with the highest score and the latest one: scoring
         # only improvements makes the kept best the early-stopping best (equal values later
-        # would otherwise tie with it), so no checkpoint needs a copy of the best model.
-        score = stopper.best_value if improved else -math.inf
+        # would otherwise tie with it), so no checkpoint needs a copy of the best model. The
+        # others score -1, below any metric; not -inf, which Ray's snapshot JSON reads back
+        # as null when a driver resumes.
+        score = stopper.best_value if improved else -1.0
         _report({**metrics, CHECKPOINT_SCORE: score}, state, dump_config(cfg), rank, epoch if save else None)
         if stop:
             break
