@@ -7,6 +7,7 @@ never committed, and no code of it goes into sea_dist)::
     pip install --target /tmp/ref/site --no-deps torch_geometric==2.5.3 lmdb
     PYTHONPATH=. python -m benchmarks.bench_reference --reference /tmp/ref/SEA \\
         --site /tmp/ref/site --work /tmp/ref/bench --seeds 999 1 2
+    # after an interruption: --reuse reads the runs that finished in --work
 
 Flow: copy the reference's ``src/`` to ``WORK/reference`` and patch the copy (below) → lay
 out the TikTok files the way MMRec reads them in ``WORK/data/tiktok`` → for each seed, train
@@ -20,10 +21,12 @@ batch 2048, embedding 64, the CLUB estimator fitted at the model's lr (the refer
 ``optimizer_D`` uses ``learning_rate``; sea_dist's ``model.estimator_lr: null``), the same
 seeds. sea_dist runs full-graph on one worker with its defaults (image 0.1 / audio 0.9
 item-graph weights, SoloSim anchored on audio, negatives from training items). Both sides
-use the same number of torch threads (the machine's cores, what a sea_dist worker gets).
-"Seconds per epoch" is the training part only on both sides: the reference's
-``epoch N training [time: ...]`` (``pre_epoch_processing`` plus the batches) and sea_dist's
-``epoch_time_s`` (the batches); evaluation is outside both.
+use the same number of torch threads (the machine's cores, what a sea_dist worker gets) and
+the same niceness (15, Ray's for its workers). "Seconds per epoch" is the training part only
+on both sides: the reference's ``epoch N training [time: ...]`` (``pre_epoch_processing`` plus
+the batches) and sea_dist's ``epoch_time_s`` (the batches); evaluation is outside both. The
+seconds are only comparable on an otherwise idle machine: on a shared one another job's load
+can stretch an epoch tenfold, so each run records the 1-minute load average before it starts.
 
 What it takes to run the reference on a CPU, applied to the scratch copy by ``PATCHES``
 (each a checked text substitution, so a changed upstream file fails loudly) and
@@ -84,6 +87,7 @@ SEA_DIST = str(Path(sys.executable).with_name("sea-dist"))
 DATA = Path("/work/shared/data/tiktok")
 RESULTS = ROOT / "benchmarks" / "results"
 USER_GRAPH_TOP = 200  # neighbours kept per user by MMRec's u-u graph script
+RAY_WORKER_NICENESS = 15  # what Ray gives its worker processes (ray worker_niceness)
 
 
 @dataclass(frozen=True)
@@ -250,8 +254,13 @@ def parse_reference_log(text: str) -> list[dict[str, Any]]:
 
 
 def run_reference(src: Path, data_root: Path, site: Path, seed: int, epochs: int, lr: float,
-                  threads: int, log_file: Path) -> tuple[list[str], list[dict[str, Any]], float]:
-    """Train the patched reference for one seed; its log (stderr) is kept in ``log_file``."""
+                  threads: int, log_file: Path, reuse: bool = False
+                  ) -> tuple[list[str], list[dict[str, Any]], float | None]:
+    """Train the patched reference for one seed; its log (stderr) is kept in ``log_file``.
+
+    With ``reuse``, a log that already holds every epoch's valid metrics is read, not redone
+    (wall time then unknown: None).
+    """
     settings = {
         "seed": [seed], "learning_rate": [lr], "epochs": epochs, "train_batch_size": 2048,
         "embedding_size": 64, "stopping_step": 10, "use_gpu": False,
@@ -259,21 +268,33 @@ def run_reference(src: Path, data_root: Path, site: Path, seed: int, epochs: int
     }
     env = {**os.environ, "PYTHONPATH": str(site), "SEA_REF_CONFIG": json.dumps(settings),
            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    cmd = [sys.executable, "main.py", "-m", "SEA", "-d", "tiktok"]
+    # Ray starts its workers at niceness 15 (sea_dist's one worker included); the reference
+    # gets the same, or another job's load would slow only the sea_dist side.
+    cmd = ["nice", "-n", str(RAY_WORKER_NICENESS), sys.executable, "main.py", "-m", "SEA", "-d",
+           "tiktok"]
+    printed = [f"SEA_REF_CONFIG='{json.dumps(settings)}' OMP_NUM_THREADS={threads} "
+               f"PYTHONPATH={site} {' '.join(cmd)}  # cwd {src}"]
+    if reuse and log_file.exists():
+        history = parse_reference_log(log_file.read_text())
+        if _complete(history, epochs):
+            return printed, history, None
     started = time.perf_counter()
     with log_file.open("w") as log:
         subprocess.run(cmd, cwd=src, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - started
-    printed = [f"SEA_REF_CONFIG='{json.dumps(settings)}' OMP_NUM_THREADS={threads} "
-               f"PYTHONPATH={site} {' '.join(cmd)}  # cwd {src}"]
     return printed, parse_reference_log(log_file.read_text()), wall
 
 
-def run_sea_dist(out: Path, cache: Path, seed: int, epochs: int, lr: float
-                 ) -> tuple[list[str], list[dict[str, Any]], float]:
-    """``sea-dist train`` of configs/sea.yaml for one seed; per-epoch rows of metrics.jsonl."""
-    if out.exists():
-        shutil.rmtree(out)  # a left-over run would be resumed, not rerun
+def _complete(history: list[dict[str, Any]], epochs: int) -> bool:
+    return len(history) == epochs and all("valid/recall@20" in row for row in history)
+
+
+def run_sea_dist(out: Path, cache: Path, seed: int, epochs: int, lr: float,
+                 reuse: bool = False) -> tuple[list[str], list[dict[str, Any]], float | None]:
+    """``sea-dist train`` of configs/sea.yaml for one seed; per-epoch rows of metrics.jsonl.
+
+    With ``reuse``, a finished run in ``out`` (every epoch evaluated) is read, not redone.
+    """
     sets = [f"data.path={DATA}", f"data.cache_dir={cache}", f"train.lr={lr}",
             f"train.epochs={epochs}", f"train.seed={seed}", "train.patience=10",
             "train.batch_size=2048", "model.embedding_dim=64"]
@@ -281,18 +302,28 @@ def run_sea_dist(out: Path, cache: Path, seed: int, epochs: int, lr: float
            "--output", str(out), "--quiet", "--json"]
     for item in sets:
         cmd += ["--set", item]
+    printed = [f"PYTHONPATH={ROOT} {' '.join(cmd)}"]
+    if reuse and (out / "metrics.jsonl").exists():
+        history = _sea_dist_history(out)
+        if _complete(history, epochs):
+            return printed, history, None
+    if out.exists():
+        shutil.rmtree(out)  # a left-over run would be resumed, not rerun
     # The console script's editable install may point at another checkout.
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     started = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - started
+    return printed, _sea_dist_history(out), wall
+
+
+def _sea_dist_history(out: Path) -> list[dict[str, Any]]:
     lines = (out / "metrics.jsonl").read_text().splitlines()
     rows = [json.loads(line) for line in lines if line.strip()]
     keep = ("epoch", "epoch_time_s", "loss")
-    history = [{**{k: row[k] for k in keep},
-                **{k: v for k, v in row.items() if k.startswith(("valid/", "test/"))}}
-               for row in rows]
-    return [f"PYTHONPATH={ROOT} {' '.join(cmd)}"], history, wall
+    return [{**{k: row[k] for k in keep},
+             **{k: v for k, v in row.items() if k.startswith(("valid/", "test/"))}}
+            for row in rows]
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -336,6 +367,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out", type=Path, default=RESULTS / "reference.json")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read finished runs left in --work instead of training them again")
     args = parser.parse_args()
 
     src, data_root = args.work / "reference", args.work / "data"
@@ -354,20 +387,37 @@ def main() -> None:
                                 "CLUB at the model's lr, full graph, one worker"},
         "runs": [],
     }
+    # With --reuse, a run read back from --work keeps what the last JSON said of it (its load
+    # and wall time); the logs alone do not hold them.
+    previous = _previous_sides(args.out) if args.reuse else {}
     for seed in args.seeds:
-        # The machine may be shared: the 1-minute load before each side says how much.
-        run: dict[str, Any] = {"seed": seed, "load_before_reference": os.getloadavg()[0]}
+        run: dict[str, Any] = {"seed": seed}
         result["runs"].append(run)
+        # The machine may be shared: the 1-minute load before each side says how much.
+        load = os.getloadavg()[0]
         cmd, history, wall = run_reference(src, data_root, args.site, seed, args.epochs, args.lr,
-                                           threads, args.work / f"reference_seed{seed}.log")
-        run["reference"] = {"commands": cmd, "epochs": history, "wall_time_s": wall}
+                                           threads, args.work / f"reference_seed{seed}.log",
+                                           args.reuse)
+        run["reference"] = previous.get((seed, "reference")) if wall is None else None
+        run["reference"] = run["reference"] or {"commands": cmd, "epochs": history,
+                                                "wall_time_s": wall, "load_before": load}
         _write(args.out, result)
-        run["load_before_sea_dist"] = os.getloadavg()[0]
+        load = os.getloadavg()[0]
         cmd, history, wall = run_sea_dist(args.work / f"sea_dist_seed{seed}", args.work / "cache",
-                                          seed, args.epochs, args.lr)
-        run["sea_dist"] = {"commands": cmd, "epochs": history, "wall_time_s": wall}
+                                          seed, args.epochs, args.lr, args.reuse)
+        run["sea_dist"] = previous.get((seed, "sea_dist")) if wall is None else None
+        run["sea_dist"] = run["sea_dist"] or {"commands": cmd, "epochs": history,
+                                              "wall_time_s": wall, "load_before": load}
         _write(args.out, result)
         print(f"seed {seed} done", flush=True)
+
+
+def _previous_sides(out: Path) -> dict[tuple[int, str], dict[str, Any]]:
+    if not out.exists():
+        return {}
+    runs = json.loads(out.read_text()).get("runs", [])
+    return {(run["seed"], side): run[side] for run in runs for side in ("reference", "sea_dist")
+            if run.get(side)}
 
 
 def _write(out: Path, result: dict[str, Any]) -> None:
