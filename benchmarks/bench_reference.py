@@ -69,6 +69,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -347,7 +348,20 @@ def markdown(result: dict[str, Any]) -> str:
                      _cell(ref.get(epoch), "epoch_time_s", 1),
                      _cell(ours.get(epoch), "epoch_time_s", 1)]
             lines.append(f"| {run['seed']} | {epoch} | " + " | ".join(cells) + " |")
-    lines += ["", "Seconds per epoch: training only (evaluation excluded on both sides)."]
+    lines += ["", "| side | seeds | last-epoch R@20, mean | s/epoch, median | s/epoch, min "
+              "| load before, per seed |", "|---|---:|---:|---:|---:|---|"]
+    for side in ("reference", "sea_dist"):
+        runs = [run[side] for run in result["runs"] if run.get(side, {}).get("epochs")]
+        if not runs:
+            continue
+        last = [r["epochs"][-1].get("valid/recall@20", float("nan")) for r in runs]
+        seconds = [e["epoch_time_s"] for r in runs for e in r["epochs"] if "epoch_time_s" in e]
+        loads = ", ".join("–" if r.get("load_before") is None else f"{r['load_before']:.1f}"
+                          for r in runs)
+        lines.append(f"| {side} | {len(runs)} | {statistics.fmean(last):.4f} "
+                     f"| {statistics.median(seconds):.1f} | {min(seconds):.1f} | {loads} |")
+    lines += ["", "Seconds per epoch: training only (evaluation excluded on both sides). On a "
+              "shared machine the minimum is the figure least stretched by other jobs' load."]
     return "\n".join(lines) + "\n"
 
 
