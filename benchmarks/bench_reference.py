@@ -362,6 +362,7 @@ def markdown(result: dict[str, Any]) -> str:
                      f"| {statistics.median(seconds):.1f} | {min(seconds):.1f} | {loads} |")
     lines += ["", "Seconds per epoch: training only (evaluation excluded on both sides). On a "
               "shared machine the minimum is the figure least stretched by other jobs' load."]
+    lines += [f"- {note}" for note in result.get("notes", [])]  # added by hand to the JSON
     return "\n".join(lines) + "\n"
 
 
