@@ -1,0 +1,64 @@
+from pathlib import Path
+from typing import Any
+
+from benchmarks.bench_reference import PATCHES, markdown, parse_reference_log, user_graph_dict
+
+# Two epochs as the reference's trainer logs them (format of main_experiment_log/baby_log.log).
+LOG = """\
+08 Apr 14:41    INFO epoch 0 training [time: 23.04s, train loss: 344.9587]
+08 Apr 14:41    INFO epoch 0 evaluating [time: 1.49s, valid_score: 0.051300]
+08 Apr 14:41    INFO valid result:
+recall@10: 0.0322    recall@20: 0.0513    ndcg@10: 0.0169    ndcg@20: 0.0217
+08 Apr 14:41    INFO test result:
+recall@10: 0.0316    recall@20: 0.0519    ndcg@10: 0.0165    ndcg@20: 0.0217
+08 Apr 14:41    INFO \u2588\u2588 SEA--Best validation results updated!!!
+08 Apr 14:41    INFO epoch 1 training [time: 17.49s, train loss: 271.8500]
+08 Apr 14:42    INFO epoch 1 evaluating [time: 1.52s, valid_score: 0.059500]
+08 Apr 14:42    INFO valid result:
+recall@10: 0.0366    recall@20: 0.0595    ndcg@10: 0.0195    ndcg@20: 0.0253
+08 Apr 14:42    INFO test result:
+recall@10: 0.0376    recall@20: 0.0599    ndcg@10: 0.0202    ndcg@20: 0.0259
+"""
+
+
+def test_parse_reference_log_reads_each_epoch() -> None:
+    epochs = parse_reference_log(LOG)
+    assert [e["epoch"] for e in epochs] == [0, 1]
+    assert epochs[0]["epoch_time_s"] == 23.04 and epochs[0]["loss"] == 344.9587
+    assert epochs[0]["valid/recall@20"] == 0.0513 and epochs[0]["test/recall@20"] == 0.0519
+    assert epochs[1]["valid/ndcg@10"] == 0.0195 and epochs[1]["eval_time_s"] == 1.52
+
+
+def test_parse_reference_log_keeps_an_unevaluated_last_epoch() -> None:
+    cut = LOG + "08 Apr 14:43    INFO epoch 2 training [time: 18.00s, train loss: 250.0000]\n"
+    epochs = parse_reference_log(cut)
+    assert epochs[-1] == {"epoch": 2, "epoch_time_s": 18.0, "loss": 250.0}
+
+
+def test_user_graph_counts_shared_training_items(tmp_path: Path) -> None:
+    inter = tmp_path / "t.inter"
+    # users 0 and 1 share items 0 and 1; user 2 shares item 1 with both; the valid row (x_label 1)
+    # of user 2 on item 0 does not count.
+    rows = ["0\t0\t0", "0\t1\t0", "1\t0\t0", "1\t1\t0", "2\t1\t0", "2\t0\t1", "3\t5\t0"]
+    inter.write_text("userID\titemID\tx_label\n" + "\n".join(rows) + "\n")
+    graph = user_graph_dict(inter)
+    assert graph[0] == [[1, 2], [2.0, 1.0]]
+    assert graph[2] == [[0, 1], [1.0, 1.0]]
+    assert graph[3] == [[], []]
+
+
+def test_patches_are_distinct_and_documented() -> None:
+    assert len({(p.path, p.old) for p in PATCHES}) == len(PATCHES)
+    assert all(p.count > 0 and p.why for p in PATCHES)
+
+
+def test_markdown_has_a_row_per_seed_and_epoch() -> None:
+    run: dict[str, Any] = {"seed": 1,
+           "reference": {"epochs": [{"epoch": 0, "epoch_time_s": 40.0, "valid/recall@20": 0.05}]},
+           "sea_dist": {"epochs": [{"epoch": 0, "epoch_time_s": 30.0, "valid/recall@20": 0.06},
+                                   {"epoch": 1, "epoch_time_s": 31.0, "valid/recall@20": 0.07}]}}
+    result = {"protocol": {"summary": "s"}, "machine": {"cpu": "c", "logical_cores": 2},
+              "runs": [run]}
+    rows = [line for line in markdown(result).splitlines() if line.startswith("| 1 |")]
+    assert rows == ["| 1 | 0 | 0.0500 | 0.0600 | 40.0 | 30.0 |",
+                    "| 1 | 1 | – | 0.0700 | – | 31.0 |"]
