@@ -37,10 +37,19 @@ RAY = str(BIN / "ray")
 CLUSTERS_DOC = Path(__file__).resolve().parents[2] / "docs" / "clusters.md"
 
 
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A free loopback port not handed out before in this session: the kernel may give a just
+    closed port again, and one cluster asks for several (two equal ones fail ``ray start``)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def laptop_recipe() -> tuple[dict[str, str], list[str]]:
