@@ -421,7 +421,7 @@ def _training_state(
     if not sharded:
         return {"model": model.state_dict(), "optimizers": opts}
     if optimizers.get("tables") is not None:
-        opts["tables"] = gather_optimizer_state(optimizers["tables"], list(sharded.values()))
+        opts["tables"] = gather_optimizer_state(optimizers["tables"], sharded)
     return {"model": gather_model_state(model, sharded), "optimizers": opts}
 
 
@@ -435,7 +435,7 @@ def _load_training_state(
         if opt is not None:
             opt_state = state["optimizers"][name]
             if sharded and name == "tables":
-                opt_state = shard_optimizer_state(opt_state, list(sharded.values()))
+                opt_state = shard_optimizer_state(opt, opt_state, sharded)
             opt.load_state_dict(opt_state)
 
 

@@ -183,14 +183,27 @@ def shard_model_state(
     return state
 
 
+def _tables_of(
+    optimizer: torch.optim.Optimizer, tables: dict[str, ShardedIdTable]
+) -> list[ShardedIdTable]:
+    """The sharded table of each of ``optimizer``'s parameters, in the order its state dict
+    numbers them (parameters counted across its groups), matched by identity."""
+    by_param = {id(t.weight): t for t in tables.values()}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    if any(id(p) not in by_param for p in params):
+        raise ValueError("the optimizer holds a parameter that is not a sharded table's")
+    return [by_param[id(p)] for p in params]
+
+
 def gather_optimizer_state(
-    optimizer: torch.optim.Optimizer, tables: list[ShardedIdTable]
+    optimizer: torch.optim.Optimizer, tables: dict[str, ShardedIdTable]
 ) -> dict[str, Any] | None:
     """The state dict of the optimizer over ``tables``' shards, as one over the full tables
     (rank 0; ``None`` elsewhere). Collective."""
     state = optimizer.state_dict()
     full: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
-    for index, table in enumerate(tables):
+    owners = _tables_of(optimizer, tables)
+    for index, table in enumerate(owners):
         entry = state["state"].get(index, {})
         gathered = {}
         for key in ("exp_avg", "exp_avg_sq"):
@@ -198,14 +211,17 @@ def gather_optimizer_state(
             gathered[key] = _gather_rows(local, table)
         if table.rank == 0:
             full["state"][index] = {"step": entry.get("step", 0), **gathered}
-    return full if tables[0].rank == 0 else None
+    return full if owners[0].rank == 0 else None
 
 
-def shard_optimizer_state(state: dict[str, Any], tables: list[ShardedIdTable]) -> dict[str, Any]:
-    """A full-table optimizer state dict cut to this rank's rows."""
+def shard_optimizer_state(
+    optimizer: torch.optim.Optimizer, state: dict[str, Any], tables: dict[str, ShardedIdTable]
+) -> dict[str, Any]:
+    """A full-table state dict for ``optimizer`` cut to this rank's rows."""
+    owners = _tables_of(optimizer, tables)
     local = {"param_groups": state["param_groups"], "state": {}}
     for index, entry in state["state"].items():
-        table = tables[int(index)]
+        table = owners[int(index)]
         local["state"][index] = {
             key: _block_of(value, table.rank, table.block) if key != "step" else value
             for key, value in entry.items()

@@ -90,7 +90,7 @@ def _worker(
     if saved:
         opt_state = saved["tables"]
         if sharded:
-            opt_state = shard_optimizer_state(opt_state, list(tables.values()))
+            opt_state = shard_optimizer_state(optimizers["tables"], opt_state, tables)
         optimizers["tables"].load_state_dict(opt_state)
         if optimizers["model"] is not None:
             optimizers["model"].load_state_dict(saved["model_opt"])
@@ -130,7 +130,7 @@ def _worker(
             optimizers["model"].step()
     if sharded:
         state = gather_model_state(model, tables)
-        table_opt = gather_optimizer_state(optimizers["tables"], list(tables.values()))
+        table_opt = gather_optimizer_state(optimizers["tables"], tables)
     else:
         state, table_opt = model.state_dict(), optimizers["tables"].state_dict()
     if rank == 0:
