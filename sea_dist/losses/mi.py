@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -89,3 +91,179 @@ def neg_l2_distancing(x: Tensor, y: Tensor) -> Tensor:
     """
     diff = F.normalize(x, dim=1) - F.normalize(y, dim=1)
     return -diff.pow(2).sum(dim=1).mean()
+
+
+@dataclass
+class CLUBTerms:
+    """What a model's forward hands the estimator fit: term ``t`` fits
+    ``estimators[index[t]]`` to the detached pairs ``(x[t], y[t])``.
+
+    Shapes:
+        index: ``[T]``; x: ``[T, N, x_dim]``; y: ``[T, N, y_dim]``.
+    """
+
+    estimators: list[CLUB]
+    index: Tensor
+    x: Tensor
+    y: Tensor
+
+
+class CLUBStack:
+    r"""Several :class:`CLUB` estimators packed into one flat buffer, with a fused NLL gradient.
+
+    Fitting ``q`` runs dozens of steps per model step on the same detached pairs; through
+    autograd and ``torch.optim`` every step pays a few dozen small kernels per estimator, the
+    Python around them and fresh temporaries (page faults, on this machine's allocator). Here
+    every layer of every estimator is a slice of one buffer, all fitted terms go through one
+    batched matmul per layer, temporaries live in a workspace reused by every step, and
+    :meth:`nll_and_grad` writes the analytic gradient of :meth:`CLUB.learning_loss` into a
+    buffer of the same layout, so an optimizer steps a single tensor.
+
+    Layout per estimator ``e`` (``h`` hidden; the two first layers side by side, as they read
+    the same ``x``): ``w1 = [W_mu0 | W_lv0]^T`` ``[x_dim, 2h]``, ``b1`` ``[2h]``, ``w2_mu``
+    ``[h, y_dim]``, ``w2_lv`` ``[h, y_dim]``, ``b2 = [b_mu2 | b_lv2]`` ``[2 y_dim]``. A packed
+    buffer maps to the modules' parameters elementwise (transposes only), so per-parameter
+    optimizer state packs the same way (:meth:`pack`, :meth:`unpack`).
+
+    Args:
+        estimators: the modules, all of the same shape.
+    """
+
+    _PARAMS = ("mu.0.weight", "logvar.0.weight", "mu.0.bias", "logvar.0.bias",
+               "mu.2.weight", "logvar.2.weight", "mu.2.bias", "logvar.2.bias")  # fmt: skip
+
+    def __init__(self, estimators: list[CLUB]) -> None:
+        first = estimators[0]
+        self.estimators = estimators
+        self.hidden = first.mu[0].out_features
+        self.x_dim, self.y_dim = first.mu[0].in_features, first.mu[2].out_features
+        h, dx, dy = self.hidden, self.x_dim, self.y_dim
+        self._shapes = {
+            "w1": (dx, 2 * h), "b1": (1, 2 * h), "w2_mu": (h, dy), "w2_lv": (h, dy), "b2": (1, 2 * dy),
+        }  # fmt: skip
+        self.numel_per_estimator = sum(a * b for a, b in self._shapes.values())
+        self._work: dict[str, Tensor] = {}
+
+    def parameters(self) -> list[list[nn.Parameter]]:
+        """Per estimator, its parameters in :attr:`_PARAMS` order."""
+        return [[dict(e.named_parameters())[n] for n in self._PARAMS] for e in self.estimators]
+
+    def views(self, flat: Tensor) -> dict[str, Tensor]:
+        """Named ``[E, ...]`` views of a packed buffer ``[E * numel_per_estimator]``."""
+        per = flat.view(len(self.estimators), self.numel_per_estimator)
+        out, offset = {}, 0
+        for name, (a, b) in self._shapes.items():
+            out[name] = per[:, offset : offset + a * b].view(-1, a, b)
+            offset += a * b
+        return out
+
+    def pack(self, tensors: list[list[Tensor]]) -> Tensor:
+        """One flat buffer from per-estimator tensors ordered as :meth:`parameters`."""
+        ref = tensors[0][0]
+        flat = ref.new_empty(len(self.estimators) * self.numel_per_estimator)
+        v = self.views(flat)
+        for e, (w_mu0, w_lv0, b_mu0, b_lv0, w_mu2, w_lv2, b_mu2, b_lv2) in enumerate(tensors):
+            v["w1"][e].copy_(torch.cat([w_mu0, w_lv0]).t())
+            v["b1"][e, 0].copy_(torch.cat([b_mu0, b_lv0]))
+            v["w2_mu"][e].copy_(w_mu2.t())
+            v["w2_lv"][e].copy_(w_lv2.t())
+            v["b2"][e, 0].copy_(torch.cat([b_mu2, b_lv2]))
+        return flat
+
+    def unpack(self, flat: Tensor, tensors: list[list[Tensor]]) -> None:
+        """Copy a packed buffer into per-estimator tensors (the inverse of :meth:`pack`)."""
+        v, h, dy = self.views(flat), self.hidden, self.y_dim
+        for e, (w_mu0, w_lv0, b_mu0, b_lv0, w_mu2, w_lv2, b_mu2, b_lv2) in enumerate(tensors):
+            w1 = v["w1"][e].t()
+            w_mu0.copy_(w1[:h])
+            w_lv0.copy_(w1[h:])
+            b_mu0.copy_(v["b1"][e, 0, :h])
+            b_lv0.copy_(v["b1"][e, 0, h:])
+            w_mu2.copy_(v["w2_mu"][e].t())
+            w_lv2.copy_(v["w2_lv"][e].t())
+            b_mu2.copy_(v["b2"][e, 0, :dy])
+            b_lv2.copy_(v["b2"][e, 0, dy:])
+
+    def _workspace(self, x: Tensor) -> dict[str, Tensor]:
+        t, n, _ = x.shape
+        h, dx, dy = self.hidden, self.x_dim, self.y_dim
+        shapes = {
+            "pre": (t, n, 2 * h), "hid": (t, n, 2 * h), "active": (t, n, 2 * h),
+            "g_h_mu": (t, n, h), "g_h_lv": (t, n, h), "g_hid": (t, n, 2 * h), "r": (t, n, dy), "sig": (t, n, dy), "s": (t, n, dy),
+            "inv_var": (t, n, dy), "sq": (t, n, dy), "g_mu": (t, n, dy), "g_z": (t, n, dy),
+            "d_w1": (t, dx, 2 * h), "d_b1": (t, 1, 2 * h), "d_w2_mu": (t, h, dy), "d_w2_lv": (t, h, dy), "d_b2": (t, 1, 2 * dy),
+        }  # fmt: skip
+        work = self._work
+        if work.get("pre") is None or work["pre"].shape != shapes["pre"]:
+            work.clear()
+            work.update({name: x.new_zeros(shape) for name, shape in shapes.items()})
+        return work
+
+    def nll_and_grad(
+        self, flat: Tensor, index: Tensor, x: Tensor, y: Tensor, grad: Tensor, *, loss: bool = False
+    ) -> Tensor | None:
+        r"""Gradient of :math:`\sum_t \mathrm{mean}_i -\ell_{t,i}` into ``grad`` (same layout).
+
+        Term ``t`` fits estimator ``index[t]`` on the pairs ``(x[t], y[t])``; every term is a
+        mean over its ``N`` rows, as :meth:`CLUB.learning_loss`. With ``r = mu - y`` and
+        ``s = tanh(z)`` the log-variance, the per-coordinate NLL is ``r^2 e^{-s} / 2 + s / 2``,
+        so ``d/dmu = r e^{-s}`` and ``d/dz = (1 - r^2 e^{-s}) (1 - s^2) / 2``.
+
+        Args:
+            flat: packed parameters; index: ``[T]`` estimator of each term;
+            x: ``[T, N, x_dim]``; y: ``[T, N, y_dim]``; grad: packed output buffer.
+            loss: also return the loss (two more reductions).
+
+        Returns:
+            The loss if ``loss`` else ``None``.
+        """
+        p, g, w = self.views(flat), self.views(grad), self._workspace(x)
+        h, dy, scale = self.hidden, self.y_dim, 1.0 / x.shape[1]
+        shared = len(self.estimators) == 1
+        if shared:
+            pick = lambda t: t.expand(len(index), -1, -1)
+        elif len(index) == len(self.estimators):  # one term per estimator, in order
+            pick = lambda t: t
+        else:
+            raise ValueError("several estimators need exactly one term each, in order")
+        torch.baddbmm(pick(p["b1"]), x, pick(p["w1"]), out=w["pre"])
+        hid = torch.clamp_min(w["pre"], 0, out=w["hid"])
+        w2_mu, w2_lv, b2 = pick(p["w2_mu"]), pick(p["w2_lv"]), pick(p["b2"])
+        r, sig, s, inv_var, sq = w["r"], w["sig"], w["s"], w["inv_var"], w["sq"]
+        # The halves of ``hid`` are strided views that BLAS reads in place (row stride 2h).
+        torch.baddbmm(b2[..., :dy], hid[..., :h], w2_mu, out=r).sub_(y)  # mu - y
+        # tanh(z) = 2 sigmoid(2z) - 1 and e^{-s} = 1 / sigmoid(s) - 1: torch 2.2's CPU tanh
+        # and exp kernels are several times slower than its sigmoid.
+        torch.baddbmm(b2[..., dy:], hid[..., h:], w2_lv, beta=2, alpha=2, out=sig).sigmoid_()
+        torch.mul(sig, 2, out=s).sub_(1)
+        torch.sigmoid(s, out=inv_var).reciprocal_().sub_(1)
+        g_mu, g_z = w["g_mu"], w["g_z"]
+        torch.mul(r, inv_var, out=g_mu)  # r e^{-s}
+        torch.mul(r, g_mu, out=sq)  # r^2 e^{-s}
+        value = (sq.sum() + s.sum()) * (0.5 * scale) if loss else None
+        # (1 - s^2) / 2 = 2 sig (1 - sig)
+        torch.addcmul(sig, sig, sig, value=-1, out=g_z).mul_(sq.neg_().add_(1)).mul_(2 * scale)
+        g_mu.mul_(scale)
+        # The two hidden halves' gradients go to contiguous buffers (with a strided ``out``,
+        # bmm computes into a temporary and copies), then side by side for one x^T matmul.
+        torch.bmm(g_mu, w2_mu.transpose(1, 2), out=w["g_h_mu"])
+        torch.bmm(g_z, w2_lv.transpose(1, 2), out=w["g_h_lv"])
+        g_hid = torch.cat([w["g_h_mu"], w["g_h_lv"]], dim=2, out=w["g_hid"])
+        # ReLU's derivative as a 0/1 float mask: masked_fill_ with a bool mask is 10x slower.
+        g_hid.mul_(torch.sign(hid, out=w["active"]))
+        torch.bmm(x.transpose(1, 2), g_hid, out=w["d_w1"])
+        torch.sum(g_hid, 1, keepdim=True, out=w["d_b1"])
+        torch.bmm(hid[..., :h].transpose(1, 2), g_mu, out=w["d_w2_mu"])
+        torch.bmm(hid[..., h:].transpose(1, 2), g_z, out=w["d_w2_lv"])
+        torch.sum(g_mu, 1, keepdim=True, out=w["d_b2"][..., :dy])
+        torch.sum(g_z, 1, keepdim=True, out=w["d_b2"][..., dy:])
+        per_term = {
+            "w1": w["d_w1"], "b1": w["d_b1"], "w2_mu": w["d_w2_mu"],
+            "w2_lv": w["d_w2_lv"], "b2": w["d_b2"],
+        }  # fmt: skip
+        for name, value_t in per_term.items():
+            if shared:
+                torch.sum(value_t, dim=0, keepdim=True, out=g[name])
+            else:
+                g[name].copy_(value_t)
+        return value

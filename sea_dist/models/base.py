@@ -14,13 +14,14 @@ import torch
 from torch import Tensor, nn
 
 from sea_dist.graph.batch import MiniBatch
+from sea_dist.losses.mi import CLUBTerms
 
 
 class Recommender(nn.Module, ABC):
     """Base class: a model maps a :class:`MiniBatch` to a loss and to node representations.
 
     Entries of the ``forward`` output other than ``"loss"`` are detached terms for logging;
-    keys starting with ``_`` are stashes for :meth:`estimator_loss`, not terms.
+    keys starting with ``_`` are stashes for :meth:`estimator_terms`, not terms.
     """
 
     @abstractmethod
@@ -36,8 +37,8 @@ class Recommender(nn.Module, ABC):
         """Parameters of inner estimators (e.g. CLUB's ``q``); they have their own optimizer."""
         return []
 
-    def estimator_loss(self, out: dict[str, Any]) -> Tensor | None:
-        """Loss of one inner estimator step, from the detached tensors ``forward`` stashed."""
+    def estimator_terms(self, out: dict[str, Any]) -> CLUBTerms | None:
+        """What the inner estimators fit, from the detached tensors ``forward`` stashed."""
         return None
 
     def id_tables(self) -> list[nn.Parameter]:

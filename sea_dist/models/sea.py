@@ -14,14 +14,14 @@ from sea_dist.data.schema import IMAGE
 from sea_dist.graph.batch import MiniBatch
 from sea_dist.graph.ops import propagate
 from sea_dist.losses.contrastive import solo_sim_loss
-from sea_dist.losses.mi import CLUB, neg_l2_distancing
+from sea_dist.losses.mi import CLUB, CLUBTerms, neg_l2_distancing
 from sea_dist.losses.ranking import bpr_loss
 from sea_dist.models.base import Recommender, assemble_inputs, item_feature_rows, triple_scores
 from sea_dist.models.encoders import FeatureMLP, ProjectionHead, layer_sum
 from sea_dist.models.tables import IdTable
 
 _SHARED = "shared"  # key of the single estimator in the reference's cross-modal fit
-_CLUB_INPUTS = "_club_inputs"  # forward -> estimator_loss stash (detached projections)
+_CLUB_INPUTS = "_club_inputs"  # forward -> estimator_terms stash (detached projections)
 
 
 @dataclass(frozen=True)
@@ -121,7 +121,7 @@ class SEA(Recommender):
     reference), the batch's unique items when sampled.
 
     CLUB's variational networks ``q`` are estimators, not model parameters: see
-    :meth:`estimator_parameters` and :meth:`estimator_loss`. Following the paper, each
+    :meth:`estimator_parameters` and :meth:`estimator_terms`. Following the paper, each
     modality has its own ``q``, fitted on its own (generic, unique) pairs; with
     ``estimator_cross_modal`` one shared ``q`` is fitted, as in the reference code, on
     (generic of the anchor -> generic of another modality) plus (unique -> unique) for every
@@ -252,9 +252,7 @@ class SEA(Recommender):
             if self.estimators:
                 terms = [self._estimator(m)(generic[m], unique[m]) for m in self.modalities]
                 weight = self.params.ureg
-                out[_CLUB_INPUTS] = {
-                    m: (generic[m].detach(), unique[m].detach()) for m in self.modalities
-                }
+                out[_CLUB_INPUTS] = self._club_terms(generic, unique)
             else:
                 terms = [neg_l2_distancing(generic[m], unique[m]) for m in self.modalities]
                 weight = self.params.l2_weight
@@ -269,20 +267,27 @@ class SEA(Recommender):
         estimator: CLUB = self.estimators[key]
         return estimator
 
-    def estimator_loss(self, out: dict[str, Any]) -> Tensor | None:
-        pairs: dict[str, tuple[Tensor, Tensor]] | None = out.get(_CLUB_INPUTS)
-        if pairs is None:
-            return None
+    def _club_terms(self, generic: dict[str, Tensor], unique: dict[str, Tensor]) -> CLUBTerms:
+        """The estimator's fitting pairs, detached: per modality (generic -> unique of the same
+        modality), or with ``estimator_cross_modal`` the reference's single ``q`` fitted on
+        anchor -> other modality, generic -> generic and unique -> unique."""
         if not self.params.estimator_cross_modal:
-            return torch.stack(
-                [self._estimator(m).learning_loss(*pairs[m]) for m in self.modalities]
-            ).sum()
-        q, anchor = self.estimators[_SHARED], self.anchor
-        assert anchor is not None  # set whenever the fit is cross-modal
-        terms = [
-            q.learning_loss(pairs[anchor][k], pairs[m][k])
-            for m in self.modalities
-            if m != anchor
-            for k in (0, 1)  # generic -> generic, unique -> unique
-        ]
-        return torch.stack(terms).sum()
+            pairs = [(generic[m], unique[m]) for m in self.modalities]
+            estimators = [self._estimator(m) for m in self.modalities]
+        else:
+            anchor = self.anchor
+            assert anchor is not None  # set whenever the fit is cross-modal
+            views = (generic, unique)
+            pairs = [(v[anchor], v[m]) for m in self.modalities if m != anchor for v in views]
+            estimators = [self.estimators[_SHARED]]
+        device = generic[self.modalities[0]].device
+        index = torch.arange(len(pairs), device=device)
+        return CLUBTerms(
+            estimators,
+            index if len(estimators) > 1 else torch.zeros_like(index),
+            torch.stack([x.detach() for x, _ in pairs]),
+            torch.stack([y.detach() for _, y in pairs]),
+        )
+
+    def estimator_terms(self, out: dict[str, Any]) -> CLUBTerms | None:
+        return out.get(_CLUB_INPUTS)

@@ -15,6 +15,7 @@ from sea_dist.losses.distill import (
     masked_cross_entropy,
     response_distillation,
 )
+from sea_dist.losses.mi import CLUBTerms
 from sea_dist.models.base import Recommender, item_feature_rows
 
 _SHRINK = 4  # the teacher divides the width by this much per layer (reference: 4)
@@ -198,8 +199,8 @@ class SGFD(Recommender):
     def estimator_parameters(self) -> list[nn.Parameter]:
         return self.backbone.estimator_parameters()
 
-    def estimator_loss(self, out: dict[str, Any]) -> Tensor | None:
-        return self.backbone.estimator_loss(out)
+    def estimator_terms(self, out: dict[str, Any]) -> CLUBTerms | None:
+        return self.backbone.estimator_terms(out)
 
     def id_tables(self) -> list[nn.Parameter]:
         return self.backbone.id_tables()

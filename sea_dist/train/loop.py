@@ -274,7 +274,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # has rows, so each rank's stream is its own; seeding it per (epoch, rank) makes a
         # restart from any epoch's checkpoint replay exactly what an uninterrupted run draws.
         torch.manual_seed(int(np.random.SeedSequence([cfg.train.seed, epoch, rank]).generate_state(1)[0]))
-        timers = dict.fromkeys(("sample", "move", "forward_backward", "sync", "optimizer"), 0.0)
+        timers = dict.fromkeys(("sample", "move", "forward_backward", "sync", "estimator", "optimizer"), 0.0)
         steps, edges, emb_bytes, loss_sum = 0, 0, 0, 0.0
         epoch_start = time.perf_counter()
         tick = time.perf_counter()
@@ -301,6 +301,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             timers["sync"] += tick - now
             if optimizers.get("estimator") is not None:
                 fit_estimator(model, out, optimizers["estimator"], getattr(cfg.model, "estimator_steps", 0))
+                now = time.perf_counter()
+                timers["estimator"] += now - tick
+                tick = now
             for name, opt in optimizers.items():
                 if opt is not None and name != "estimator":
                     opt.step()

@@ -11,13 +11,14 @@ model step, between the model's backward and its optimizer step (spec section 2)
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch import nn
 from torch.optim import Adam, Optimizer, SparseAdam
 
+from sea_dist.losses.mi import CLUBStack
 from sea_dist.models.base import Recommender
 
 
@@ -65,42 +66,81 @@ def build_optimizers(
 def fit_estimator(
     model: Recommender, out: dict[str, Any], estimator_opt: Optimizer | None, steps: int
 ) -> float | None:
-    """Run ``steps`` estimator steps on the detached tensors the model's forward stashed.
+    """Run ``steps`` Adam steps of the CLUB estimators on the detached pairs the forward stashed.
 
-    Call it after the model's backward and before the model optimizer's step. The model's
-    backward also left gradients of the bound on the estimator's parameters; they are
-    discarded here, since ``q`` follows its likelihood loss only. Under
-    ``torch.distributed`` every rank fits on its own shard and the gradients are averaged each
-    step, so all replicas of ``q`` stay identical.
+    Call it after the model's backward and before the model optimizer's step. The estimators'
+    parameters are packed into one buffer (:class:`~sea_dist.losses.mi.CLUBStack`) and stepped
+    with the analytic NLL gradient and an Adam update written on that buffer, which computes
+    what ``estimator_opt`` (a plain :class:`~torch.optim.Adam`) would; its state is read
+    before and written back after, so checkpoints keep ``torch.optim``'s layout. The model's
+    backward left the bound's gradient on ``q``: it is dropped, since ``q`` follows its
+    likelihood loss only.
+
+    Under ``torch.distributed`` each rank fits its own shard's pairs for all ``steps``, then
+    parameters and Adam moments are averaged once: one all-reduce per model step instead of
+    one per inner step (local steps with periodic averaging; ``tests/train/test_estimator.py``
+    bounds how far the fitted likelihood moves from per-step gradient averaging).
 
     Returns:
-        The last step's estimator loss, or ``None`` if nothing was fitted.
+        The loss before the last step (the one it followed), or ``None`` if nothing was fitted.
     """
-    if estimator_opt is None or steps <= 0:
+    terms = model.estimator_terms(out)
+    if estimator_opt is None or steps <= 0 or terms is None:
         return None
-    params = model.estimator_parameters()
-    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-    loss = None
-    for _ in range(steps):
-        estimator_opt.zero_grad(set_to_none=True)
-        loss = model.estimator_loss(out)
-        if loss is None:
-            return None
-        loss.backward()
-        if distributed:
-            _average_grads(params)
-        estimator_opt.step()
-    return None if loss is None else float(loss.detach())
-
-
-def _average_grads(params: list[nn.Parameter]) -> None:
-    """One all-reduce for the whole (small) estimator instead of one per tensor."""
-    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
-    flat = torch.cat([g.reshape(-1) for g in grads])
-    dist.all_reduce(flat)
-    flat /= dist.get_world_size()
-    offset = 0
-    for p in params:
-        n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).clone()
-        offset += n
+    stack = CLUBStack(terms.estimators)
+    params = stack.parameters()
+    for group in params:
+        for p in group:
+            p.grad = None
+    group = estimator_opt.param_groups[0]
+    if group["amsgrad"] or group["maximize"] or len(estimator_opt.param_groups) != 1:
+        raise ValueError("the CLUB estimator's optimizer must be plain Adam with one group")
+    with torch.no_grad():
+        theta = stack.pack([[p.detach() for p in g] for g in params])
+        states = [[estimator_opt.state[p] for p in g] for g in params]
+        fresh = not states[0][0]
+        if fresh:
+            exp_avg, exp_avg_sq, step = torch.zeros_like(theta), torch.zeros_like(theta), 0
+        else:
+            exp_avg = stack.pack([[s["exp_avg"] for s in g] for g in states])
+            exp_avg_sq = stack.pack([[s["exp_avg_sq"] for s in g] for g in states])
+            step = int(states[0][0]["step"])
+        grad = torch.empty_like(theta)
+        lr, (beta1, beta2), eps, decay = (
+            group["lr"],
+            group["betas"],
+            group["eps"],
+            group["weight_decay"],
+        )
+        loss = None
+        for k in range(steps):
+            loss = stack.nll_and_grad(
+                theta, terms.index, terms.x, terms.y, grad, loss=k == steps - 1
+            )
+            if decay:
+                grad.add_(theta, alpha=decay)
+            step += 1
+            # torch.optim.Adam's single-tensor update, on the packed buffer.
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
+            theta.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        if world > 1:
+            packed = torch.cat([theta, exp_avg, exp_avg_sq])
+            dist.all_reduce(packed)
+            packed /= world
+            theta, exp_avg, exp_avg_sq = packed.chunk(3)
+        stack.unpack(theta, [[p.data for p in g] for g in params])
+        for g, group_states in zip(params, states):
+            for p, state in zip(g, group_states):
+                if fresh:
+                    state.update(
+                        step=torch.tensor(0.0),
+                        exp_avg=torch.zeros_like(p, memory_format=torch.preserve_format),
+                        exp_avg_sq=torch.zeros_like(p, memory_format=torch.preserve_format),
+                    )
+                state["step"].fill_(step)
+        stack.unpack(exp_avg, [[s["exp_avg"] for s in g] for g in states])
+        stack.unpack(exp_avg_sq, [[s["exp_avg_sq"] for s in g] for g in states])
+    return None if loss is None else float(loss)

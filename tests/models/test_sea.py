@@ -149,26 +149,32 @@ def test_item_feature_rows_maps_output_positions_to_item_rows() -> None:
 
 
 def test_estimators_per_modality_or_shared(toy: ToyGraph) -> None:
+    batch = toy.full_batch(2, toy.triples(4))
     own = make_sea(toy)
     assert set(own.estimators) == {"image", "text"}
-    out = own(toy.full_batch(2, toy.triples(4)))
-    pairs = out["_club_inputs"]
-    expected = sum(own.estimators[m].learning_loss(*pairs[m]) for m in ("image", "text"))
-    assert float(own.estimator_loss(out)) == pytest.approx(float(expected), rel=1e-6)
-    assert all(not t.requires_grad for pair in pairs.values() for t in pair)
+    terms = own.estimator_terms(own(batch))
+    # One term per modality, fitting that modality's q on its (generic, unique) pairs.
+    assert terms.estimators == [own.estimators[m] for m in own.modalities]
+    assert terms.index.tolist() == [0, 1]
+    assert not terms.x.requires_grad and not terms.y.requires_grad
+    generic = dict(zip(own.modalities, terms.x))
+    unique = dict(zip(own.modalities, terms.y))
+    assert generic["image"].shape == (toy.num_items, own.params.mi_dim)
 
     cross = make_sea(toy, estimator_cross_modal=True)
     assert set(cross.estimators) == {"shared"}
-    out = cross(toy.full_batch(2, toy.triples(4)))
-    (img_g, img_u), (txt_g, txt_u) = out["_club_inputs"]["image"], out["_club_inputs"]["text"]
-    q = cross.estimators["shared"]
+    shared = {k: v for k, v in own.state_dict().items() if not k.startswith("estimators.")}
+    cross.load_state_dict(shared, strict=False)
     # The reference fits q(image generic | text generic) and q(image unique | text unique).
-    expected = q.learning_loss(txt_g, img_g) + q.learning_loss(txt_u, img_u)
-    assert float(cross.estimator_loss(out)) == pytest.approx(float(expected), rel=1e-6)
+    terms = cross.estimator_terms(cross(batch))
+    assert terms.estimators == [cross.estimators["shared"]] and terms.index.tolist() == [0, 0]
+    torch.testing.assert_close(terms.x, torch.stack([generic["text"], unique["text"]]))
+    torch.testing.assert_close(terms.y, torch.stack([generic["image"], unique["image"]]))
     # The conditioning side is the named anchor, not a position.
     cross.anchor = "image"
-    expected = q.learning_loss(img_g, txt_g) + q.learning_loss(img_u, txt_u)
-    assert float(cross.estimator_loss(out)) == pytest.approx(float(expected), rel=1e-6)
+    terms = cross.estimator_terms(cross(batch))
+    torch.testing.assert_close(terms.x, torch.stack([generic["image"], unique["image"]]))
+    torch.testing.assert_close(terms.y, torch.stack([generic["text"], unique["text"]]))
 
 
 def _solo_views(model: SEA, toy: ToyGraph) -> dict[str, Tensor]:
@@ -219,7 +225,7 @@ def test_solo_anchor_defaults_and_refusals() -> None:
 def test_sand_has_no_estimator_and_a_bounded_term(toy: ToyGraph) -> None:
     model = make_sea(toy, distancing="neg_l2")
     out = model(toy.full_batch(2, toy.triples(4)))
-    assert model.estimator_parameters() == [] and model.estimator_loss(out) is None
+    assert model.estimator_parameters() == [] and model.estimator_terms(out) is None
     assert -4.0 <= float(out["dist"]) <= 0.0
 
 

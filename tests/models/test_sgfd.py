@@ -86,7 +86,7 @@ def test_plug_in_leaves_the_interface_unchanged(toy: ToyGraph, name: str) -> Non
     assert [p.shape for p in wrapped.id_tables()] == [p.shape for p in plain.id_tables()]
     assert len(wrapped.estimator_parameters()) == len(plain.estimator_parameters())
     if name == "sea":  # the CLUB estimator still gets its stash through the wrapper
-        assert wrapped.estimator_loss(out_wrapped) is not None
+        assert wrapped.estimator_terms(out_wrapped) is not None
     opts = build_optimizers(wrapped, lr=1e-3, estimator_lr=1e-4, sparse_tables=True)
     groups = [g for o in opts.values() if o is not None for g in o.param_groups]
     seen = [id(p) for g in groups for p in g["params"]]
