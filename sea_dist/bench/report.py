@@ -183,7 +183,9 @@ def _limit_markdown(peaks: dict[str, Any] | None, runs: list[tuple[str, dict[str
              "sizes (`sea_dist/bench/roofline.py`); the fraction of the limit is the larger of "
              "achieved FLOP/s / GEMM peak (compute) and bytes/s / bandwidth (memory). Rows in "
              "italics split the forward-backward's counts: time at the limit per step, no "
-             "measured time of their own."]
+             "measured time of their own. Communication counts the bytes a rank sent, held to "
+             "the memory bandwidth (local workers exchange them through memory; across "
+             "machines the network is the limit). Figures are per worker (rank 0)."]
     for label, x in runs:
         peak = x["peak"]
         lines += ["", f"**{label}** (held to {peak['where']}: "

@@ -47,8 +47,10 @@ TIMER_PHASES: dict[str, tuple[str, ...]] = {
 }
 
 
-def _timed_best(run: Callable[[], None], device: torch.device, seconds: float, least: int = 3) -> float:
-    """Fastest of at least ``least`` runs (and as many more as fit in ``seconds``), warm-up excluded."""
+def _timed_best(
+    run: Callable[[], None], device: torch.device, seconds: float, least: int = 3
+) -> float:
+    """Fastest of at least ``least`` runs (and more while ``seconds`` last), warm-up excluded."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     run()
     sync()
@@ -75,7 +77,8 @@ def bandwidth_peak(device: torch.device, elements: int, seconds: float = 0.3) ->
     b = torch.full((elements,), 1.0, device=device)
     c = torch.full((elements,), 2.0, device=device)
     a = torch.empty(elements, device=device)
-    return 3.0 * F32 * elements / _timed_best(lambda: torch.add(b, c, alpha=3.0, out=a), device, seconds)
+    best = _timed_best(lambda: torch.add(b, c, alpha=3.0, out=a), device, seconds)
+    return 3.0 * F32 * elements / best
 
 
 def measure_peaks(
@@ -158,7 +161,8 @@ class Work:
 def linear(rows: float, fan_in: int, fan_out: int) -> Work:
     """Forward of ``Linear(fan_in, fan_out)`` on ``rows`` rows: ``2 rows in out`` FLOP; reads
     the input and the weight, writes the output: ``4 (rows in + in out + rows out)`` bytes."""
-    return Work(2.0 * rows * fan_in * fan_out, F32 * (rows * fan_in + fan_in * fan_out + rows * fan_out))
+    moved = F32 * (rows * fan_in + fan_in * fan_out + rows * fan_out)
+    return Work(2.0 * rows * fan_in * fan_out, moved)
 
 
 def spmm(edges: float, dst: float, width: int) -> Work:
@@ -180,7 +184,8 @@ def _club_params(mi_dim: int, hidden: int) -> int:
 def sea_dense_params(cfg: Any, feature_dims: dict[str, int]) -> int:
     """Dense (DDP, Adam) parameters of SEA / SAND: maps, encoders, heads, split projections."""
     total = 0
-    H, d, ph, pd, r = cfg.feature_hidden, cfg.embedding_dim, cfg.proj_hidden, cfg.proj_dim, cfg.mi_dim
+    H, d, r = cfg.feature_hidden, cfg.embedding_dim, cfg.mi_dim
+    ph, pd = cfg.proj_hidden, cfg.proj_dim
     for f in feature_dims.values():
         w = cfg.map_dim or f
         g, u = w // 2, w - w // 2
@@ -236,7 +241,8 @@ def step_work(
       3 x 2 nets [Linear(r, h) + Linear(h, r)] on N rows per modality.
     - ``estimator``: ``estimator_steps`` x (per fitted pair, M of them or 2 (M - 1) when
       cross-modal: 2 nets [2 Linear(r, h) + 3 Linear(h, r)] on N rows; Adam over the CLUB
-      parameters; with W > 1 workers the all-reduce of their gradients, ``2 (W-1)/W 4 P``).
+      parameters P_q; with ``world`` > 1 workers the all-reduce of their gradients,
+      ``2 (world - 1) / world * 4 P_q`` bytes).
     - ``sync``: ``sync_bytes``, no FLOPs.
     - ``optimizer``: Adam over the dense parameters (:func:`sea_dense_params`) and over
       the table rows the step touched, ``U_in M d + U_out M`` values (all of them in
@@ -359,14 +365,18 @@ def phase_table(
     if work is not None:
         for part in TIMER_PHASES["forward_backward"]:
             w = work[part]
-            components.append({"component": part, "flops_per_step": w.flops,
-                               "bytes_per_step": w.bytes, "ideal_s_per_step": ideal_seconds(w, peak)})
-    step_work_total = sum(work.values(), Work()) if work is not None else None
+            components.append({
+                "component": part,
+                "flops_per_step": w.flops,
+                "bytes_per_step": w.bytes,
+                "ideal_s_per_step": ideal_seconds(w, peak),
+            })
+    total = sum(work.values(), Work()) if work is not None else None
     return {
         "peak": peak,
         "phases": phases,
         "components": components,
-        "step_ideal_s": ideal_seconds(step_work_total, peak) if step_work_total is not None else None,
+        "step_ideal_s": ideal_seconds(total, peak) if total is not None else None,
         "step_s": epoch_seconds / steps if steps else None,
     }
 
@@ -394,10 +404,12 @@ def run_roofline(
     steps = _median([h["steps"] for h in history])
     work, sizes = None, None
     if all("step_sizes" in h for h in history):
-        sizes = {k: _median([h["step_sizes"][k] for h in history]) for k in history[0]["step_sizes"]}
+        keys = history[0]["step_sizes"]
+        sizes = {k: _median([h["step_sizes"][k] for h in history]) for k in keys}
         sync = _median([h["embedding_bytes_per_step"] + h["dense_bytes_per_step"] for h in history])
         work = step_work(model_cfg, feature_dims, sizes, sync_bytes=sync, world=workers)
-    table = phase_table(work, seconds, _median([h["epoch_time_s"] for h in history]), steps, peak, labels)
+    epoch_s = _median([h["epoch_time_s"] for h in history])
+    table = phase_table(work, seconds, epoch_s, steps, peak, labels)
     return {**table, "step_sizes": sizes, "counted": work is not None,
             "model": getattr(model_cfg, "name", None)}
 
