@@ -177,8 +177,12 @@ def _limit_markdown(peaks: dict[str, Any] | None, runs: list[tuple[str, dict[str
     gpu = peaks.get("cuda")
     gpu_text = (f" GPU {gpu['device']}: {_fmt(gpu['gemm_flop_per_s'] / 1e12, 1)} TFLOP/s, "
                 f"{_fmt(gpu['bandwidth_bytes_per_s'] / 1e9, 0)} GB/s." if gpu else "")
+    load = peaks.get("load_average")
+    load_text = f", 1-minute load average {load:.1f}" if load is not None else ""
     lines = ["", "## Against the machine's limit", "",
-             f"Peaks measured at the start of the bench ({peaks['method']}): CPU {cpu}.{gpu_text}",
+             f"Peaks measured at the start of the bench ({peaks['method']}{load_text}): "
+             f"CPU {cpu}.{gpu_text} A fraction above 100 % means the peak was measured low "
+             "(other work on the machine).",
              "Each phase's FLOPs and bytes are counted from the model config and the batches' "
              "sizes (`sea_dist/bench/roofline.py`); the fraction of the limit is the larger of "
              "achieved FLOP/s / GEMM peak (compute) and bytes/s / bandwidth (memory). Rows in "
