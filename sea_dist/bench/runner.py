@@ -3,12 +3,14 @@
 Flow of ``sea-dist bench SCENARIO --workers 1,2 --out DIR``::
 
     scenario YAML -> data (cached) -> run config (config + overrides + --set)
+      -> the machine's peaks: GEMM FLOP/s and memory bandwidth (roofline.py), before Ray starts
       -> one Ray cluster for the whole bench
       -> throughput runs, one per (workers, steps per worker) needed by
            strong scaling: total_steps / W steps per worker per epoch
            weak scaling:   steps_per_worker steps per worker per epoch
          each: warmup_epochs + repeats epochs; per-epoch records of rank 0
-         (metrics.jsonl) -> median and spread over the repeats
+         (metrics.jsonl) -> median and spread over the repeats; each timed phase's
+         FLOPs and bytes (from the epoch's batch sizes) against the peaks
       -> sampler throughput (this process), evaluation throughput (a run's embeddings)
       -> time-to-accuracy: sampled on N workers vs full-graph on 1, validating every epoch
       -> DIR/results.json, results.md, *.png   (see report.py)
