@@ -88,9 +88,9 @@ def _training_markdown(r: dict[str, Any]) -> list[str]:
         "## Training throughput",
         "",
         "| run | workers | steps/worker | seed edges/s (total) | per worker | epoch s "
-        "| sampling s | data movement s | fwd-bwd s | communication s | optimizer s "
+        "| sampling s | data movement s | fwd-bwd s | communication s | estimator s | optimizer s "
         "| bytes/step | peak RSS/worker MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in tp["runs"]:
         t = row["time_s"]
@@ -102,9 +102,12 @@ def _training_markdown(r: dict[str, Any]) -> list[str]:
             f"| {_ms(row['edges_per_s_total'])} | {_ms(row['edges_per_s_per_worker'])} "
             f"| {_ms(row['epoch_time_s'], 2)} | {_fmt(t['sampling']['median'], 2)} "
             f"| {_fmt(t['data movement']['median'], 3)} | {_fmt(t['forward-backward']['median'], 2)} "
-            f"| {_fmt(t['communication']['median'], 2)} | {_fmt(t['optimizer']['median'], 2)} "
+            f"| {_fmt(t['communication']['median'], 2)} | {_fmt(t['estimator']['median'], 2)} "
+            f"| {_fmt(t['optimizer']['median'], 2)} "
             f"| {_fmt(row['bytes_per_step']['total']['median'], 0)} | {rss} |"
         )
+    lines += _limit_markdown(r["machine"].get("peaks"),
+                             [(row["label"], row["roofline"]) for row in tp["runs"] if "roofline" in row])
     lines += ["", "## Scaling", "",
               "| regime | workers | steps/worker | seed edges/s (total) | speedup | efficiency |",
               "|---|---|---|---|---|---|"]
@@ -132,6 +135,12 @@ def _training_markdown(r: dict[str, Any]) -> list[str]:
                   f"Exact full ranking of {e['users']} {e['split']} users against {e['num_items']} "
                   f"items: {_ms(e['users_per_s'])} users/s "
                   f"({_ms(e['pairs_per_s'], 1, 1e-6)} M pairs/s), {_ms(e['seconds'], 2)} s per pass."]
+        if "roofline" in e:
+            x = e["roofline"]
+            lines += ["", f"As a GEMM ({x['flop_per_pair']} FLOP per scored pair): "
+                      f"{_fmt(x['flop_per_s'] / 1e9, 1)} GFLOP/s, "
+                      f"{_fmt(100 * x['fraction_of_gemm_peak'], 0)} % of the GEMM peak "
+                      f"({x['peak']['where']}, {_fmt(x['peak']['gemm_flop_per_s'] / 1e9, 1)} GFLOP/s)."]
     if "time_to_accuracy" in r:
         t = r["time_to_accuracy"]
         lines += ["", "## Time to accuracy", "",
@@ -151,11 +160,75 @@ def _training_markdown(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+_COMPONENTS = {
+    "inputs": "inputs (feature tower, ID rows)",
+    "propagation": "propagation over the blocks",
+    "item_hop": "item hop",
+    "losses": "losses (BPR, SoloSim, distancing)",
+}
+
+
+def _limit_markdown(peaks: dict[str, Any] | None, runs: list[tuple[str, dict[str, Any]]]) -> list[str]:
+    """The machine's peaks, then per run each phase against them (see bench/roofline.py)."""
+    if not peaks or not runs:
+        return []
+    cpu = "; ".join(f"{p['threads']} thread(s) {_fmt(p['gemm_flop_per_s'] / 1e9, 1)} GFLOP/s, "
+                    f"{_fmt(p['bandwidth_bytes_per_s'] / 1e9, 1)} GB/s" for p in peaks["cpu"])
+    gpu = peaks.get("cuda")
+    gpu_text = (f" GPU {gpu['device']}: {_fmt(gpu['gemm_flop_per_s'] / 1e12, 1)} TFLOP/s, "
+                f"{_fmt(gpu['bandwidth_bytes_per_s'] / 1e9, 0)} GB/s." if gpu else "")
+    load = peaks.get("load_average")
+    load_text = f", 1-minute load average {load:.1f}" if load is not None else ""
+    lines = ["", "## Against the machine's limit", "",
+             f"Peaks measured at the start of the bench ({peaks['method']}{load_text}): "
+             f"CPU {cpu}.{gpu_text} A fraction above 100 % means the peak was measured low "
+             "(other work on the machine).",
+             "Each phase's FLOPs and bytes are counted from the model config and the batches' "
+             "sizes (`sea_dist/bench/roofline.py`); the fraction of the limit is the larger of "
+             "achieved FLOP/s / GEMM peak (compute) and bytes/s / bandwidth (memory). Rows in "
+             "italics split the forward-backward's counts: time at the limit per step, no "
+             "measured time of their own. Communication counts the bytes a rank sent, held to "
+             "the memory bandwidth (local workers exchange them through memory; across "
+             "machines the network is the limit). Figures are per worker (rank 0)."]
+    for label, x in runs:
+        peak = x["peak"]
+        lines += ["", f"**{label}** (held to {peak['where']}: "
+                  f"{_fmt(peak['gemm_flop_per_s'] / 1e9, 1)} GFLOP/s, "
+                  f"{_fmt(peak['bandwidth_bytes_per_s'] / 1e9, 1)} GB/s; step "
+                  f"{_fmt((x['step_s'] or math.nan) * 1e3, 1)} ms, at the limit "
+                  f"{_fmt((x['step_ideal_s'] if x['step_ideal_s'] is not None else math.nan) * 1e3, 2)} ms"
+                  + ("" if x["counted"] else f"; no FLOP count for model {x['model']}") + ")", "",
+                  "| phase | s/epoch | share | MFLOP/step | MB/step | GFLOP/s | GB/s "
+                  "| fraction of limit | bound |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+        for p in x["phases"]:
+            flops, nbytes = p.get("flops_per_step"), p.get("bytes_per_step")
+            frac = p.get("fraction_of_limit")
+            lines.append(
+                f"| {p['phase']} | {_fmt(p['time_s'], 3)} | {_fmt(100 * p['share'], 1)} % "
+                f"| {_fmt(flops / 1e6 if flops is not None else None, 1)} "
+                f"| {_fmt(nbytes / 1e6 if nbytes is not None else None, 1)} "
+                f"| {_fmt(p['flop_per_s'] / 1e9 if p.get('flop_per_s') is not None else None, 2)} "
+                f"| {_fmt(p['bytes_per_s'] / 1e9 if p.get('bytes_per_s') is not None else None, 2)} "
+                f"| {_fmt(100 * frac, 2) + ' %' if frac is not None else '-'} | {p.get('bound') or '-'} |"
+            )
+            if p["phase"] == "forward-backward":
+                for c in x["components"]:
+                    lines.append(
+                        f"| *{_COMPONENTS.get(c['component'], c['component'])}* | - | - "
+                        f"| *{_fmt(c['flops_per_step'] / 1e6, 1)}* | *{_fmt(c['bytes_per_step'] / 1e6, 1)}* "
+                        f"| - | - | *{_fmt(c['ideal_s_per_step'] * 1e3, 3)} ms at the limit* | - |"
+                    )
+    return lines
+
+
 def _stage_markdown(r: dict[str, Any]) -> list[str]:
     lines = [r.get("what", ""), "", "| stage | wall s | peak RSS MiB | notes |", "|---|---|---|---|"]
     for s in r["stages"]:
         lines.append(f"| {s['stage']} | {_fmt(s['seconds'], 1)} | {_fmt(s['peak_rss_mib'], 0)} | {s.get('notes', '')} |")
     lines += ["", f"Total: {_fmt(sum(s['seconds'] for s in r['stages']), 0)} s."]
+    lines += _limit_markdown(r["machine"].get("peaks"),
+                             [(f"stage {s['stage']}", s["roofline"]) for s in r["stages"] if "roofline" in s])
     if r.get("plots"):
         lines += ["", "Plots: " + ", ".join(f"`{p}`" for p in r["plots"])]
     return lines
@@ -210,7 +283,7 @@ def _training_plots(out: Path, r: dict[str, Any]) -> list[str]:
     fig, ax = plt.subplots(figsize=(max(5, 1.3 * len(tp["runs"])), 4))
     labels = [f"{row['workers']}w x {row['steps_per_worker']}" for row in tp["runs"]]
     bottom = [0.0] * len(labels)
-    for part in ("sampling", "data movement", "forward-backward", "communication", "optimizer"):
+    for part in ("sampling", "data movement", "forward-backward", "communication", "estimator", "optimizer"):
         vals = [row["time_s"][part]["median"] / max(row["steps_per_worker"], 1) * 1e3 for row in tp["runs"]]
         ax.bar(labels, vals, bottom=bottom, label=part)
         bottom = [b + v for b, v in zip(bottom, vals)]

@@ -3,12 +3,14 @@
 Flow of ``sea-dist bench SCENARIO --workers 1,2 --out DIR``::
 
     scenario YAML -> data (cached) -> run config (config + overrides + --set)
+      -> the machine's peaks: GEMM FLOP/s and memory bandwidth (roofline.py), before Ray starts
       -> one Ray cluster for the whole bench
       -> throughput runs, one per (workers, steps per worker) needed by
            strong scaling: total_steps / W steps per worker per epoch
            weak scaling:   steps_per_worker steps per worker per epoch
          each: warmup_epochs + repeats epochs; per-epoch records of rank 0
-         (metrics.jsonl) -> median and spread over the repeats
+         (metrics.jsonl) -> median and spread over the repeats; each timed phase's
+         FLOPs and bytes (from the epoch's batch sizes) against the peaks
       -> sampler throughput (this process), evaluation throughput (a run's embeddings)
       -> time-to-accuracy: sampled on N workers vs full-graph on 1, validating every epoch
       -> DIR/results.json, results.md, *.png   (see report.py)
@@ -26,6 +28,7 @@ import os
 import shutil
 import time
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -34,6 +37,7 @@ import torch
 from sea_dist.bench import stats
 from sea_dist.bench.data import prepare_scenario_data
 from sea_dist.bench.measure import eval_throughput, machine, sampler_throughput
+from sea_dist.bench.roofline import eval_roofline, measure_peaks, peak_for, run_roofline
 from sea_dist.bench.scenario import (
     StageScenario,
     TrainingScenario,
@@ -45,16 +49,23 @@ from sea_dist.errors import SeaDistError
 
 log = logging.getLogger(__name__)
 
-TIMERS = ("sample", "move", "forward_backward", "sync", "optimizer")
+TIMERS = ("sample", "move", "forward_backward", "sync", "estimator", "optimizer")
 # What each loop timer is called in the results (the loop's names are its own).
 TIMER_LABELS = {
     "sample": "sampling",
     "move": "data movement",
     "forward_backward": "forward-backward",
     "sync": "communication",
+    "estimator": "estimator",
     "optimizer": "optimizer",
 }
 METRIC = "valid/recall@20"
+
+
+def worker_threads(workers: int) -> int:
+    """Torch threads each of ``workers`` local Ray Train workers gets (as the trainer splits
+    a local cluster's CPUs)."""
+    return max(1, (os.cpu_count() or 1) // workers)
 
 
 def parse_workers(text: str | None) -> list[int] | None:
@@ -91,13 +102,19 @@ def run_bench(
         raise SeaDistError("--device cuda: no CUDA device visible to torch")
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
+    counts = workers or ([scenario.stages.workers] if isinstance(scenario, StageScenario) else scenario.workers)
+    # Before Ray starts: the ceilings each run is held to (its workers' threads, all cores).
+    peaks = measure_peaks([*(worker_threads(w) for w in counts), os.cpu_count() or 1,
+                           torch.get_num_threads()], cuda=device == "cuda")
     if isinstance(scenario, StageScenario):
         from sea_dist.bench.stages import run_stages
 
         body = run_stages(scenario, scenario_file, out, workers=workers, device=device,
                           overrides=list(overrides), address=address)
+        _stage_roofline(body, scenario, peaks, device)
     else:
-        body = _run_training_scenario(scenario, scenario_file, out, workers, device, list(overrides), address)
+        body = _run_training_scenario(scenario, scenario_file, out, workers, device, list(overrides),
+                                      address, peaks)
     results = {
         "scenario": scenario.name,
         "kind": scenario.kind,
@@ -106,7 +123,7 @@ def run_bench(
         "quick": quick,
         "device": device,
         "overrides": list(overrides),
-        "machine": machine(),
+        "machine": {**machine(), "peaks": peaks},
         "bench_wall_s": time.perf_counter() - started,
         **body,
     }
@@ -161,6 +178,7 @@ def _run_training_scenario(
     device: str,
     cli_overrides: list[str],
     address: str | None,
+    peaks: dict[str, Any],
 ) -> dict[str, Any]:
     config_file = resolve_relative(scenario_file, scenario.config)
     probe = load_config(config_file, [*scenario.overrides, *cli_overrides])
@@ -182,18 +200,29 @@ def _run_training_scenario(
                    "mode": cfg.train.mode, "batch_size": cfg.train.batch_size,
                    "fanouts": cfg.train.fanouts, "data": str(data_path)},
     }
-    body["throughput"] = _throughput(runs, scenario, worker_counts)
+    dims = _feature_dims(cfg)
+
+    def roofline(w: int, kept: list[dict[str, Any]]) -> dict[str, Any]:
+        peak = peak_for(peaks, device, worker_threads(w))
+        return run_roofline(kept, cfg.model, dims, peak, w, TIMER_LABELS)
+
+    body["throughput"] = _throughput(runs, scenario, worker_counts, roofline)
     if scenario.sampler is not None:
         body["sampler"] = _sampler(cfg, scenario)
     if scenario.eval is not None:
         first = body["throughput"]["runs"][0]
-        body["eval"] = _evaluation(cfg, out / "runs" / first["label"], scenario, device)
+        body["eval"] = _evaluation(cfg, out / "runs" / first["label"], scenario, device, peaks)
     if scenario.time_to_accuracy is not None:
         body["time_to_accuracy"] = _time_to_accuracy(runs, scenario, worker_counts)
     return body
 
 
-def _throughput(runs: _Runs, scenario: TrainingScenario, worker_counts: list[int]) -> dict[str, Any]:
+def _throughput(
+    runs: _Runs,
+    scenario: TrainingScenario,
+    worker_counts: list[int],
+    roofline: Callable[[int, list[dict[str, Any]]], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
     spec = scenario.throughput
     epochs = spec.warmup_epochs + spec.repeats
     plan = {
@@ -213,7 +242,10 @@ def _throughput(runs: _Runs, scenario: TrainingScenario, worker_counts: list[int
                 f"train.checkpoint_every={epochs}",
                 f"train.patience={epochs + 1}",
             ])
-            measured[(w, steps)] = summarise_run(label, w, steps, report, history, spec.warmup_epochs)
+            row = summarise_run(label, w, steps, report, history, spec.warmup_epochs)
+            if roofline is not None:
+                row["roofline"] = roofline(w, history[spec.warmup_epochs:] or history[-1:])
+            measured[(w, steps)] = row
     out: dict[str, Any] = {"warmup_epochs": spec.warmup_epochs, "repeats": spec.repeats,
                            "runs": list(measured.values())}
     for regime in ("strong", "weak"):
@@ -244,7 +276,8 @@ def summarise_run(
         "edges_per_s_per_worker": stats.spread(per_worker),
         "edges_per_s_total": stats.spread([v * workers for v in per_worker]),
         "epoch_time_s": stats.spread([h["epoch_time_s"] for h in kept]),
-        "time_s": {TIMER_LABELS[t]: stats.spread([h[f"time_{t}_s"] for h in kept]) for t in TIMERS},
+        # Records from before the estimator had its own timer counted it in the optimizer's.
+        "time_s": {TIMER_LABELS[t]: stats.spread([h.get(f"time_{t}_s", 0.0) for h in kept]) for t in TIMERS},
         "bytes_per_step": {
             "embedding": stats.spread([h["embedding_bytes_per_step"] for h in kept]),
             "dense": stats.spread([h["dense_bytes_per_step"] for h in kept]),
@@ -256,6 +289,28 @@ def summarise_run(
     gpu = [h["peak_gpu_mb"] for h in kept if h.get("peak_gpu_mb") is not None]
     row["peak_gpu_mb_rank0"] = max(gpu) if gpu else None
     return row
+
+
+def _feature_dims(cfg: RunCfg) -> dict[str, int]:
+    """Raw feature width of each modality the run uses."""
+    from sea_dist.data.store import resolve_store
+
+    store = resolve_store(cfg.data.path, cfg.data.cache_dir)
+    return {m: int(store.features(m).shape[1]) for m in cfg.data.modalities or store.modalities}
+
+
+def _stage_roofline(body: dict[str, Any], scenario: StageScenario, peaks: dict[str, Any], device: str) -> None:
+    """The train stage's epoch against the limit, from the record it kept."""
+    train = next(s for s in body["stages"] if s["stage"] == "train")
+    notes = train["notes_json"]
+    cfg = load_config(body["config_file"], body["train_overrides"])
+    generated = scenario.data.generate
+    assert generated is not None  # a stage scenario generates its data
+    dims = {m: w for m, w in generated.modalities.items() if not cfg.data.modalities or m in cfg.data.modalities}
+    workers = len(notes["worker_peak_rss_mb"])
+    peak = peak_for(peaks, device, worker_threads(workers))
+    record = {"steps": notes["steps_per_worker"], **notes}
+    train["roofline"] = run_roofline([record], cfg.model, dims, peak, workers, TIMER_LABELS)
 
 
 def _sampler(cfg: RunCfg, scenario: TrainingScenario) -> dict[str, Any]:
@@ -290,7 +345,9 @@ def _read_embeddings(path: Path) -> torch.Tensor:
     return torch.from_numpy(column.flatten().to_numpy(zero_copy_only=False).reshape(-1, width).copy())
 
 
-def _evaluation(cfg: RunCfg, run_dir: Path, scenario: TrainingScenario, device: str) -> dict[str, Any]:
+def _evaluation(
+    cfg: RunCfg, run_dir: Path, scenario: TrainingScenario, device: str, peaks: dict[str, Any]
+) -> dict[str, Any]:
     """Evaluation throughput on a finished run's final embeddings."""
     from sea_dist.data.store import resolve_store
     from sea_dist.train.loop import store_evaluator
@@ -300,10 +357,13 @@ def _evaluation(cfg: RunCfg, run_dir: Path, scenario: TrainingScenario, device: 
     evaluator = store_evaluator(resolve_store(cfg.data.path, cfg.data.cache_dir), cfg, device)
     users = _read_embeddings(run_dir / "embeddings" / "users.parquet")
     items = _read_embeddings(run_dir / "embeddings" / "items.parquet")
+    measured = eval_throughput(evaluator, users, items, split=spec.split, warmup=spec.warmup,
+                               repeats=spec.repeats, users_sample=spec.users_sample)
+    peak = peak_for(peaks, device, torch.get_num_threads())
     return {
         "embeddings_from": run_dir.name,
-        **eval_throughput(evaluator, users, items, split=spec.split, warmup=spec.warmup,
-                          repeats=spec.repeats, users_sample=spec.users_sample),
+        **measured,
+        "roofline": eval_roofline(measured["pairs_per_s"]["median"], int(items.shape[1]), peak),
     }
 
 

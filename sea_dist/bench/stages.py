@@ -115,6 +115,7 @@ def _stage(name: str, spec: dict[str, Any]) -> dict[str, Any]:
             **{k: history[k] for k in history if k.startswith("time_")},
             "embedding_bytes_per_step": history["embedding_bytes_per_step"],
             "dense_bytes_per_step": history["dense_bytes_per_step"],
+            "step_sizes": history["step_sizes"],
             "worker_peak_rss_mb": report["peak_rss_mb_per_worker"],
             "valid_recall@20_sample": report["valid"].get("recall@20"),
             "wall_time_s_in_loop": report["wall_time_s"],
@@ -232,6 +233,7 @@ def run_stages(
         "what": (f"{g.items:,} items, {g.users:,} users, {g.interactions:,} interactions "
                  f"(features {dict(g.modalities)}, {g.feature_dtype}); {spec_workers} worker(s); "
                  f"evaluation on a {scenario.stages.eval_users_sample:,}-user sample."),
+        "config_file": spec["config_file"],
         "train_overrides": train_sets,
         "disk_bytes": sizes,
         "stages": rows,

@@ -111,6 +111,25 @@ class MiniBatch:
     def input_is_item(self) -> Tensor:
         return self.input_nodes >= self.num_users
 
+    def sizes(self) -> dict[str, int]:
+        """The counts a step's FLOPs and bytes follow (:mod:`sea_dist.bench.roofline`).
+
+        ``block_edges`` / ``block_dst`` are summed over the blocks; ``output_users`` are the
+        rows the per-user tables read at the output (SEA's user weights).
+        """
+        return {
+            "batch_size": self.batch_size,
+            "negatives": int(self.neg_items.shape[1]) if self.neg_items.dim() == 2 else 1,
+            "input_nodes": int(self.input_nodes.numel()),
+            "input_items": int(self.input_is_item.sum()),
+            "output_nodes": int(self.output_nodes.numel()),
+            "output_users": int((self.output_nodes < self.num_users).sum()),
+            "block_edges": sum(b.num_edges for b in self.blocks),
+            "block_dst": sum(b.num_dst for b in self.blocks),
+            "item_graph_edges": self.item_graph.num_edges if self.item_graph is not None else 0,
+            "loss_items": int(self.loss_items.numel()),
+        }
+
     def ids(self, positions: Tensor) -> Tensor:
         """Global node ids at output ``positions`` (item ids stay offset by ``num_users``)."""
         return self.output_nodes[positions]

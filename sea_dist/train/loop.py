@@ -15,6 +15,7 @@ import math
 import resource
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -275,10 +276,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # restart from any epoch's checkpoint replay exactly what an uninterrupted run draws.
         torch.manual_seed(int(np.random.SeedSequence([cfg.train.seed, epoch, rank]).generate_state(1)[0]))
         timers = dict.fromkeys(("sample", "move", "forward_backward", "sync", "estimator", "optimizer"), 0.0)
+        sizes: Counter[str] = Counter()  # batch sizes summed over steps: the bench's cost model
         steps, edges, emb_bytes, loss_sum = 0, 0, 0, 0.0
         epoch_start = time.perf_counter()
         tick = time.perf_counter()
         for batch in loader:
+            sizes.update(batch.sizes())
             now = time.perf_counter()
             timers["sample"] += now - tick
             batch = batch.to(device, non_blocking=True)
@@ -332,6 +335,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "peak_rss_mb": _peak_rss_mb(),
             "peak_gpu_mb": torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None,
             **{f"time_{k}_s": v for k, v in timers.items()},
+            "step_sizes": {k: v / max(steps, 1) for k, v in sizes.items()},
         }
         improved = False
         if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.train.epochs:

@@ -33,12 +33,15 @@ def check_training(results: dict, out: Path, workers: list[int], full_baseline: 
         assert row["edges_per_s_total"]["n"] == tp["repeats"]
         assert row["edges_per_s_total"]["min"] <= row["edges_per_s_total"]["median"] <= row["edges_per_s_total"]["max"]
         assert len(row["peak_rss_mb_per_worker"]) == row["workers"]
-        assert set(row["time_s"]) == {"sampling", "data movement", "forward-backward", "communication", "optimizer"}
+        assert set(row["time_s"]) == {"sampling", "data movement", "forward-backward", "communication",
+                                      "estimator", "optimizer"}
+        check_roofline(row["roofline"])
     for regime in ("strong", "weak"):
         assert set(map(int, tp[regime]["efficiency"])) == set(workers)
         assert tp[regime]["efficiency"][str(min(workers))] == 1.0
     assert results["sampler"]["seed_edges_per_s"]["median"] > 0
     assert results["eval"]["users_per_s"]["median"] > 0
+    assert 0 < results["eval"]["roofline"]["fraction_of_gemm_peak"] < 1.5
     tta = results["time_to_accuracy"]
     assert set(tta["runs"]) == ({"sampled", "full"} if full_baseline else {"sampled"})
     if full_baseline:
@@ -50,6 +53,18 @@ def check_training(results: dict, out: Path, workers: list[int], full_baseline: 
     for plot in results["plots"]:
         assert (out / plot).stat().st_size > 1000
     assert "## Scaling" in (out / "results.md").read_text()
+    assert "## Against the machine's limit" in (out / "results.md").read_text()
+
+
+def check_roofline(x: dict) -> None:
+    """Counted phases: positive rates, each below 1.5x the measured peak (noise, not physics)."""
+    assert x["counted"] and x["step_sizes"]["input_nodes"] > x["step_sizes"]["batch_size"]
+    for p in x["phases"]:
+        if p["phase"] in ("forward-backward", "optimizer"):
+            assert p["flops_per_step"] > 0 and p["bytes_per_step"] > 0
+            assert 0 < p["fraction_of_limit"] < 1.5 and p["bound"] in ("compute", "memory")
+    assert 0 < sum(p["share"] for p in x["phases"]) <= 1.01
+    assert all(c["ideal_s_per_step"] > 0 for c in x["components"] if c["component"] != "item_hop")
 
 
 @pytest.mark.slow
@@ -81,6 +96,7 @@ def test_million_stages_quick(tmp_path):
         "generate", "export", "import", "graph", "knn", "partition", "train", "evaluate"]
     for stage in results["stages"]:
         assert stage["seconds"] > 0 and stage["peak_rss_mib"] > 0
+    check_roofline(next(s for s in results["stages"] if s["stage"] == "train")["roofline"])
     train = next(s for s in results["stages"] if s["stage"] == "train")["notes_json"]
     assert train["steps_per_worker"] == 3 and len(train["worker_peak_rss_mb"]) == 2
     evaluate = next(s for s in results["stages"] if s["stage"] == "evaluate")["notes_json"]

@@ -7,7 +7,9 @@ import pytest
 from sea_dist.bench import runner
 from sea_dist.bench.measure import machine
 from sea_dist.bench.report import write_results
+from sea_dist.bench.roofline import peak_for, run_roofline
 from sea_dist.bench.scenario import load_scenario
+from sea_dist.config import SEACfg
 
 
 def _record(epoch, workers, steps, elapsed=None, recall=None):
@@ -20,6 +22,9 @@ def _record(epoch, workers, steps, elapsed=None, recall=None):
         "embedding_bytes_per_step": 1000.0 * (workers - 1), "dense_bytes_per_step": 500,
         "peak_rss_mb": 900.0, "elapsed_s": elapsed if elapsed is not None else epoch + 1.0,
         **{f"time_{t}_s": 0.1 for t in runner.TIMERS},
+        "step_sizes": {"batch_size": 100, "negatives": 1, "input_nodes": 900, "input_items": 500,
+                       "output_nodes": 250, "output_users": 100, "block_edges": 3000, "block_dst": 1100,
+                       "item_graph_edges": 1500, "loss_items": 150},
     }
     if recall is not None:
         rec["valid/recall@20"] = recall
@@ -83,11 +88,18 @@ def test_time_to_accuracy_auto_target(scenario):
 
 def test_report_files(tmp_path, scenario):
     runs = FakeRuns()
+    peaks = {"cpu": [{"threads": 1, "gemm_flop_per_s": 50e9, "bandwidth_bytes_per_s": 10e9}],
+             "cuda": None, "method": "fake"}
+
+    def roofline(workers, kept):
+        peak = peak_for(peaks, "cpu", 1)
+        return run_roofline(kept, SEACfg(), {"image": 128, "audio": 128}, peak, workers, runner.TIMER_LABELS)
+
     results = {
         "scenario": "tiktok", "kind": "training", "description": "fake", "quick": True,
-        "device": "cpu", "machine": machine(), "bench_wall_s": 1.0, "workers": [1, 2],
+        "device": "cpu", "machine": {**machine(), "peaks": peaks}, "bench_wall_s": 1.0, "workers": [1, 2],
         "config": {"model": "sea", "mode": "sampled", "batch_size": 100, "fanouts": [10, 10]},
-        "throughput": runner._throughput(runs, scenario, [1, 2]),
+        "throughput": runner._throughput(runs, scenario, [1, 2], roofline),
         "time_to_accuracy": runner._time_to_accuracy(runs, scenario, [1, 2]),
     }
     write_results(tmp_path, results)
@@ -98,6 +110,14 @@ def test_report_files(tmp_path, scenario):
         assert (tmp_path / name).read_bytes()[:4] == b"\x89PNG"
     md = (tmp_path / "results.md").read_text()
     assert "| strong | 2 | 4 |" in md and "time to target" in md
+    # Every run against the limit: 6 timed phases, the forward-backward split into 4 counts.
+    assert md.count("## Against the machine's limit") == 1 and md.count("**throughput-w") == 3
+    x = data["throughput"]["runs"][0]["roofline"]
+    assert [p["phase"] for p in x["phases"]] == ["sampling", "data movement", "forward-backward",
+                                                 "estimator", "communication", "optimizer"]
+    fb = x["phases"][2]
+    assert x["counted"] and 0 < fb["fraction_of_limit"] < 1.5 and fb["bound"] in ("compute", "memory")
+    assert "| *propagation over the blocks* |" in md
     assert not list(tmp_path.glob(".*tmp*"))  # no temporary files left behind
 
 
