@@ -136,9 +136,11 @@ def measure_peaks(
         "cpu": cpu,
         "cuda": gpu,
         "load_average": load,
-        "method": (f"best of >= 3 runs: fp32 torch.matmul {cpu_n}x{cpu_n} (GPU {cuda_n}), "
-                   f"2n^3 FLOP; STREAM triad a = b + 3c over {cpu_elements:,} fp32 "
-                   f"(GPU {cuda_elements:,}), 12 bytes per element"),
+        "method": (
+            f"best of >= 3 runs: fp32 torch.matmul {cpu_n}x{cpu_n} (GPU {cuda_n}), "
+            f"2n^3 FLOP; STREAM triad a = b + 3c over {cpu_elements:,} fp32 "
+            f"(GPU {cuda_elements:,}), 12 bytes per element"
+        ),
     }
 
 
@@ -251,8 +253,8 @@ def step_work(
       3 x 2 nets [Linear(r, h) + Linear(h, r)] on N rows per modality.
     - ``estimator``: ``estimator_steps`` x (per fitted pair, M of them or 2 (M - 1) when
       cross-modal: 2 nets [2 Linear(r, h) + 3 Linear(h, r)] on N rows; Adam over the CLUB
-      parameters P_q; with ``world`` > 1 workers the all-reduce of their gradients,
-      ``2 (world - 1) / world * 4 P_q`` bytes).
+      parameters P_q); with ``world`` > 1 workers one all-reduce per model step of the
+      parameters and both moments, ``2 (world - 1) / world * 4 * 3 P_q`` bytes.
     - ``sync``: ``sync_bytes``, no FLOPs.
     - ``optimizer``: Adam over the dense parameters (:func:`sea_dense_params`) and over
       the table rows the step touched, ``U_in M d + U_out M`` values (all of them in
@@ -303,8 +305,9 @@ def step_work(
         pairs = 2 * (M - 1) if cfg.estimator_cross_modal else M
         fit = pairs * 2 * (2 * linear(N, r, h) + 3 * linear(N, h, r))
         p_est = sea_estimator_params(cfg, feature_dims)
-        all_reduce = Work(0.0, 2 * (world - 1) / world * F32 * p_est)
-        estimator = steps * (fit + _adam(p_est) + all_reduce)
+        # one all-reduce per model step, of the parameters and both Adam moments
+        all_reduce = Work(0.0, 2 * (world - 1) / world * F32 * 3 * p_est)
+        estimator = steps * (fit + _adam(p_est)) + all_reduce
     touched = u_in * M * d + u_out * M
     return {
         "inputs": inputs,
@@ -321,8 +324,12 @@ def _bound(work: Work, seconds: float, peak: dict[str, Any]) -> dict[str, Any]:
     """Achieved rates over ``seconds`` and the fraction of the limit, naming the bound."""
     flop_s = work.flops / seconds if seconds > 0 else None
     byte_s = work.bytes / seconds if seconds > 0 else None
-    row: dict[str, Any] = {"flop_per_s": flop_s, "bytes_per_s": byte_s, "fraction_of_limit": None,
-                           "bound": None}
+    row: dict[str, Any] = {
+        "flop_per_s": flop_s,
+        "bytes_per_s": byte_s,
+        "fraction_of_limit": None,
+        "bound": None,
+    }
     if flop_s is not None and (work.flops or work.bytes):
         compute = flop_s / peak["gemm_flop_per_s"]
         memory = byte_s / peak["bandwidth_bytes_per_s"]
@@ -364,23 +371,33 @@ def phase_table(
         if timer not in seconds:
             continue
         t = seconds[timer]
-        row: dict[str, Any] = {"phase": labels.get(timer, timer), "time_s": t,
-                               "share": t / epoch_seconds if epoch_seconds > 0 else None}
+        row: dict[str, Any] = {
+            "phase": labels.get(timer, timer),
+            "time_s": t,
+            "share": t / epoch_seconds if epoch_seconds > 0 else None,
+        }
         if work is not None and parts:
             total = sum((work[p] for p in parts), Work())
-            row.update({"flops_per_step": total.flops, "bytes_per_step": total.bytes,
-                        **_bound(total * steps, t, peak)})
+            row.update(
+                {
+                    "flops_per_step": total.flops,
+                    "bytes_per_step": total.bytes,
+                    **_bound(total * steps, t, peak),
+                }
+            )
         phases.append(row)
     components = []
     if work is not None:
         for part in TIMER_PHASES["forward_backward"]:
             w = work[part]
-            components.append({
-                "component": part,
-                "flops_per_step": w.flops,
-                "bytes_per_step": w.bytes,
-                "ideal_s_per_step": ideal_seconds(w, peak),
-            })
+            components.append(
+                {
+                    "component": part,
+                    "flops_per_step": w.flops,
+                    "bytes_per_step": w.bytes,
+                    "ideal_s_per_step": ideal_seconds(w, peak),
+                }
+            )
     total = sum(work.values(), Work()) if work is not None else None
     return {
         "peak": peak,
@@ -409,8 +426,11 @@ def run_roofline(
 
     Records without ``step_sizes`` (older runs) give times and shares only.
     """
-    seconds = {t: _median([h[f"time_{t}_s"] for h in history])
-               for t in TIMER_PHASES if all(f"time_{t}_s" in h for h in history)}
+    seconds = {
+        t: _median([h[f"time_{t}_s"] for h in history])
+        for t in TIMER_PHASES
+        if all(f"time_{t}_s" in h for h in history)
+    }
     steps = _median([h["steps"] for h in history])
     work, sizes = None, None
     if all("step_sizes" in h for h in history):
@@ -420,13 +440,21 @@ def run_roofline(
         work = step_work(model_cfg, feature_dims, sizes, sync_bytes=sync, world=workers)
     epoch_s = _median([h["epoch_time_s"] for h in history])
     table = phase_table(work, seconds, epoch_s, steps, peak, labels)
-    return {**table, "step_sizes": sizes, "counted": work is not None,
-            "model": getattr(model_cfg, "name", None)}
+    return {
+        **table,
+        "step_sizes": sizes,
+        "counted": work is not None,
+        "model": getattr(model_cfg, "name", None),
+    }
 
 
 def eval_roofline(pairs_per_s: float, width: int, peak: dict[str, Any]) -> dict[str, Any]:
     """Exact evaluation as a GEMM: each scored (user, item) pair is one ``width``-long dot
     product, ``2 width`` FLOP, held to the GEMM peak."""
     flop_s = pairs_per_s * 2 * width
-    return {"flop_per_pair": 2 * width, "flop_per_s": flop_s, "peak": peak,
-            "fraction_of_gemm_peak": flop_s / peak["gemm_flop_per_s"]}
+    return {
+        "flop_per_pair": 2 * width,
+        "flop_per_s": flop_s,
+        "peak": peak,
+        "fraction_of_gemm_peak": flop_s / peak["gemm_flop_per_s"],
+    }

@@ -1,0 +1,141 @@
+"""One model step's CLUB estimator fit: the fused fit against the autograd loop it replaced.
+
+Run from the repository root::
+
+    python -m benchmarks.bench_estimator                 # TikTok's sizes, 1 thread
+    python -m benchmarks.bench_estimator --rows 2700 6710 --repeat 5
+
+SEA fits its estimators ``model.estimator_steps`` (50) times per model step on the step's
+detached (generic, unique) pairs: one pair set per modality, ``N`` rows each (the unique items
+of a sampled batch, about 2,700 per worker on TikTok at batch 2048; all 6,710 items in
+full-graph mode). Both sides fit the same SEA-shaped estimators (``mi_dim`` 32, hidden 8, two
+modalities) on the same pairs from the same start:
+
+- ``autograd``: ``CLUB.learning_loss`` summed over modalities, ``backward``, ``Adam.step``,
+  the loop ``fit_estimator`` ran before (under DDP it also all-reduced the gradients at every
+  one of the 50 steps; here one process, so the figure is compute only);
+- ``fused``: ``fit_estimator`` today (``sea_dist.losses.mi.CLUBStack``).
+
+Each figure is the median over ``--repeat`` model steps after one warm-up, on ``--threads``
+torch threads (a worker's, with 2 workers on this 2-core machine), with the GEMM peak measured
+at the same threads (``sea_dist.bench.roofline``) and the fit's FLOPs counted as in its
+``step_work``. Results go to ``benchmarks/results/estimator.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from sea_dist.bench.measure import machine
+from sea_dist.bench.roofline import linear, measure_peaks
+from sea_dist.io import atomic_write_text
+from sea_dist.losses.mi import CLUB, CLUBTerms
+from sea_dist.train.optim import fit_estimator
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MI_DIM, HIDDEN, MODALITIES = 32, 8, 2
+
+
+class _Estimators(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.clubs = nn.ModuleList([CLUB(MI_DIM, MI_DIM, HIDDEN) for _ in range(MODALITIES)])
+
+    def estimator_terms(self, out: dict[str, Any]) -> CLUBTerms:
+        return out["terms"]
+
+
+def _autograd_fit(
+    model: _Estimators, terms: CLUBTerms, opt: torch.optim.Optimizer, steps: int
+) -> None:
+    for _ in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = torch.stack(
+            [model.clubs[t].learning_loss(terms.x[t], terms.y[t]) for t in range(MODALITIES)]
+        ).sum()
+        loss.backward()
+        opt.step()
+
+
+def _median_seconds(run: Any, repeat: int) -> float:
+    run()  # warm-up: first-touch allocations, Adam state
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(rows: int, steps: int, repeat: int) -> dict[str, Any]:
+    torch.manual_seed(0)
+    fused = _Estimators()
+    reference = copy.deepcopy(fused)
+    x = torch.randn(MODALITIES, rows, MI_DIM)
+    y = 0.8 * x.flip(2) + 0.6 * torch.randn(MODALITIES, rows, MI_DIM)
+    fused_opt = torch.optim.Adam(fused.parameters(), lr=1e-3)
+    reference_opt = torch.optim.Adam(reference.parameters(), lr=1e-3)
+    out = {"terms": CLUBTerms(list(fused.clubs), torch.arange(MODALITIES), x, y)}
+    ref_terms = CLUBTerms(list(reference.clubs), torch.arange(MODALITIES), x, y)
+    seconds = {
+        "autograd": _median_seconds(
+            lambda: _autograd_fit(reference, ref_terms, reference_opt, steps), repeat
+        ),
+        "fused": _median_seconds(lambda: fit_estimator(fused, out, fused_opt, steps), repeat),
+    }
+    # 2 nets x [2 Linear(r, h) + 3 Linear(h, r)] per pair and step: forward, input and weight grads
+    flops = (
+        steps
+        * MODALITIES
+        * 2
+        * (2 * linear(rows, MI_DIM, HIDDEN) + 3 * linear(rows, HIDDEN, MI_DIM)).flops
+    )
+    return {
+        "rows": rows,
+        "pairs": MODALITIES,
+        "steps": steps,
+        "seconds_per_model_step": seconds,
+        "ms_per_inner_step": {k: 1e3 * v / steps for k, v in seconds.items()},
+        "speedup": seconds["autograd"] / seconds["fused"],
+        "flops_per_model_step": flops,
+        "gflop_per_s": {k: flops / v / 1e9 for k, v in seconds.items()},
+        "collectives_per_model_step_under_ddp": {"autograd": steps, "fused": 1},
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, nargs="+", default=[2700, 6710])
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=RESULTS / "estimator.json")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    peaks = measure_peaks([args.threads], cuda=False)
+    gemm = peaks["cpu"][0]["gemm_flop_per_s"]
+    runs = [measure(rows, args.steps, args.repeat) for rows in args.rows]
+    for run in runs:
+        run["fraction_of_gemm_peak"] = {k: v * 1e9 / gemm for k, v in run["gflop_per_s"].items()}
+        print(
+            f"N={run['rows']}: autograd {run['seconds_per_model_step']['autograd'] * 1e3:.1f} ms, "
+            f"fused {run['seconds_per_model_step']['fused'] * 1e3:.1f} ms per model step "
+            f"({run['speedup']:.1f}x; fused at {run['fraction_of_gemm_peak']['fused']:.0%} of "
+            f"the {gemm / 1e9:.0f} GFLOP/s GEMM peak)",
+            flush=True,
+        )
+    result = {"machine": machine(), "threads": args.threads, "peaks": peaks, "runs": runs}
+    atomic_write_text(args.out, json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
