@@ -180,7 +180,7 @@ class MENTOR(Recommender):
         scale = xh.new_ones(n_out, num_mod).index_copy(
             0, user_pos, self.user_weight(nodes[user_pos])
         )
-        return (xh.view(n_out, num_mod, -1) * scale.unsqueeze(2)).view(n_out, -1)
+        return (xh.view(n_out, num_mod, xh.shape[1] // num_mod) * scale.unsqueeze(2)).flatten(1)
 
     def _check_layers(self, batch: MiniBatch) -> None:
         if len(batch.blocks) != self.params.num_layers:

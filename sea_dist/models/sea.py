@@ -239,7 +239,7 @@ class SEA(Recommender):
         scale = xh.new_ones(n_out, num_mod).index_copy(
             0, user_pos, self.user_weight(nodes[user_pos])
         )  # users: w_u, items: 1
-        return (xh.view(n_out, num_mod, -1) * scale.unsqueeze(2)).view(n_out, -1)
+        return (xh.view(n_out, num_mod, xh.shape[1] // num_mod) * scale.unsqueeze(2)).flatten(1)
 
     def node_embeddings(self, batch: MiniBatch) -> Tensor:
         return self._encode(batch)[0]
