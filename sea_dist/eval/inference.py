@@ -73,10 +73,11 @@ class _Share:
     (users first) and in the all-gathered ``[P * (bu + bi), D]`` buffer."""
 
     def __init__(self, num_users: int, num_items: int, rank: int, world: int, chunk: int):
-        self.num_users, self.world, self.chunk = num_users, world, chunk
-        self.user_block, self.item_block = math.ceil(num_users / world), math.ceil(num_items / world)
-        self.users = range(min(rank * self.user_block, num_users), min((rank + 1) * self.user_block, num_users))
-        self.items = range(min(rank * self.item_block, num_items), min((rank + 1) * self.item_block, num_items))
+        self.num_users, self.chunk = num_users, chunk
+        self.user_block = math.ceil(num_users / world)
+        self.item_block = math.ceil(num_items / world)
+        self.users = _block(rank, self.user_block, num_users)
+        self.items = _block(rank, self.item_block, num_items)
         self.rows = self.user_block + self.item_block
 
     def chunks(self) -> list[tuple[int, int, int]]:
@@ -97,8 +98,15 @@ class _Share:
         is_item = nodes >= self.num_users
         item = nodes - self.num_users
         owner = torch.where(is_item, item // self.item_block, nodes // self.user_block)
-        within = torch.where(is_item, self.user_block + item % self.item_block, nodes % self.user_block)
+        within = torch.where(
+            is_item, self.user_block + item % self.item_block, nodes % self.user_block
+        )
         return owner * self.rows + within
+
+
+def _block(rank: int, size: int, total: int) -> range:
+    """Rank ``rank``'s ids when ``total`` ids are cut into blocks of ``size``."""
+    return range(min(rank * size, total), min((rank + 1) * size, total))
 
 
 def _all_gather(local: Tensor, buffer: Tensor | None, world: int) -> Tensor:
@@ -164,7 +172,8 @@ def layerwise_embeddings(
         # 3. finished rows (every chunk runs: user weights are table lookups)
         emb: Tensor | None = None
         for start, n, row in chunks:
-            e = model.inference_outputs(torch.arange(start, start + n, device=device), total[row : row + n])
+            nodes = torch.arange(start, start + n, device=device)
+            e = model.inference_outputs(nodes, total[row : row + n])
             if emb is None:
                 emb = e.new_zeros((share.rows, e.shape[1]))
             emb[row : row + n] = e
@@ -177,11 +186,11 @@ def layerwise_embeddings(
             items = _all_gather(own_items, None, world)
             hopped = torch.zeros_like(own_items)
             for lo in range(0, len(share.items), chunk_nodes):
-                start, stop = share.items.start + lo, min(share.items.start + lo + chunk_nodes, share.items.stop)
-                block = slices.item_block(start, stop).to(device)
+                hi = min(lo + chunk_nodes, len(share.items))
+                block = slices.item_block(share.items[lo], share.items[hi - 1] + 1).to(device)
                 # Item ids are the gathered rows: item blocks are equal-sized and in rank order.
-                hopped[lo : lo + stop - start] = model.inference_item_hop(
-                    block, items[block.src_nodes], own_items[lo : lo + stop - start]
+                hopped[lo:hi] = model.inference_item_hop(
+                    block, items[block.src_nodes], own_items[lo:hi]
                 )
             own_items = hopped
         # 5. every item's final row; the users stay sharded

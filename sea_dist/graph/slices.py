@@ -68,7 +68,9 @@ class GraphSlices:
         item_hops: int,
     ) -> None:
         self.graph = graph
-        self.item_hop = None if item_graph is None or item_hops == 0 else item_graph.power(item_hops)
+        self.item_hop = (
+            None if item_graph is None or item_hops == 0 else item_graph.power(item_hops)
+        )
         self.features = features
 
     @property
