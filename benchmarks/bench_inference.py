@@ -118,11 +118,13 @@ def main() -> None:
         )
     cases: list[dict[str, Any]] = []
     for mode, world in (("full", 1), ("layerwise", 1), ("layerwise", 2)):
+        work = str(args.work)
+        port = _free_port()
         mp.spawn(
-            _case, args=(world, _free_port(), mode, str(args.work), args.chunk_nodes, str(args.work)),
-            nprocs=world, join=True,
+            _case, args=(world, port, mode, work, args.chunk_nodes, work), nprocs=world, join=True
         )
-        ranks = [json.loads((args.work / f"{mode}-{world}-{r}.json").read_text()) for r in range(world)]
+        files = [args.work / f"{mode}-{world}-{r}.json" for r in range(world)]
+        ranks = [json.loads(f.read_text()) for f in files]
         cases.append({"mode": mode, "world": world, "ranks": ranks})
         print(mode, world, [f"{r['extra_mb']:.0f} MB extra, {r['peak_mb']:.0f} MB peak" for r in ranks])
     result = {

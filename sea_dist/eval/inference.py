@@ -44,6 +44,17 @@ from sea_dist.models.base import Recommender
 #: Nodes per chunk: bounds a chunk's row block, feature rows and dense activations.
 DEFAULT_CHUNK_NODES = 65536
 
+# The tensors of this module's last collective, held until its next one. In torch < 2.8 a Gloo
+# worker thread that drops the last reference to a tensor created in Python must take the GIL,
+# which ``destroy_process_group`` holds while it joins that thread: a deadlock when the group
+# is destroyed right after a collective (pytorch/pytorch#56297, fixed by #154976; seen here
+# under load). Holding them makes Python's reference the last one.
+_LAST_COLLECTIVE: list[Tensor] = []
+
+
+def _keep(*tensors: Tensor) -> None:
+    _LAST_COLLECTIVE[:] = tensors
+
 
 @dataclass
 class ShardedEmbeddings:
@@ -115,7 +126,9 @@ def _all_gather(local: Tensor, buffer: Tensor | None, world: int) -> Tensor:
         return local
     if buffer is None:
         buffer = local.new_empty((world * local.shape[0], *local.shape[1:]))
-    dist.all_gather(list(buffer.chunk(world)), local.contiguous())
+    parts, local = list(buffer.chunk(world)), local.contiguous()
+    dist.all_gather(parts, local)
+    _keep(*parts, local)
     return buffer
 
 
@@ -209,6 +222,7 @@ def all_finite(emb: ShardedEmbeddings) -> bool:
     if _world()[1] > 1:
         ok = ok.to(emb.items.device)
         dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        _keep(ok)
     return bool(ok.item() > 0)
 
 
@@ -224,5 +238,7 @@ def gather_users(emb: ShardedEmbeddings, dst: int = 0) -> Tensor | None:
     local = emb.users.new_zeros((block, emb.users.shape[1]))
     local[: len(emb.users)] = emb.users
     out = local.new_empty((world * block, local.shape[1])) if rank == dst else None
-    dist.gather(local, None if out is None else list(out.chunk(world)), dst=dst)
+    parts = [] if out is None else list(out.chunk(world))
+    dist.gather(local, parts or None, dst=dst)
+    _keep(local, *parts)
     return None if out is None else out[: emb.num_users]

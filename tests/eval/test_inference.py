@@ -30,7 +30,9 @@ MODELS = {
     "sea": SEACfg(name="sea", embedding_dim=16, feature_hidden=32),
     "sand": SEACfg(name="sand", embedding_dim=16, feature_hidden=32, num_layers=3),
     "mentor": MENTORCfg(embedding_dim=16, feature_hidden=32),
-    "sea+sgfd": SEACfg(name="sea", embedding_dim=16, feature_hidden=32, sgfd=SGFDCfg(num_clusters=4)),
+    "sea+sgfd": SEACfg(
+        name="sea", embedding_dim=16, feature_hidden=32, sgfd=SGFDCfg(num_clusters=4)
+    ),
     "vbpr+sgfd": VBPRCfg(embedding_dim=16, sgfd=SGFDCfg(num_clusters=4)),
     "mentor+sgfd": MENTORCfg(embedding_dim=16, feature_hidden=32, sgfd=SGFDCfg(num_clusters=4)),
 }
@@ -44,7 +46,9 @@ def parts(store):
     users, items = store.edges(0)
     graph = build_graph(store.num_users, store.num_items, users, items)
     features = {m: store.features(m) for m in store.modalities}
-    item_graph = build_item_graph(features, weights=None, k=5, method="exact", exact_max_items=10_000)
+    item_graph = build_item_graph(
+        features, weights=None, k=5, method="exact", exact_max_items=10_000
+    )
     return graph, item_graph, features
 
 
@@ -105,7 +109,9 @@ def test_item_hop_and_layers_change_the_result(data) -> None:
     cfg = MODELS["sea"]
     model = make_model(store, features, cfg)
     want = reference(model, graph, item_graph, features, cfg)
-    no_hop = layerwise_embeddings(model, GraphSlices(graph, item_graph, features, 0), chunk_nodes=37)
+    no_hop = layerwise_embeddings(
+        model, GraphSlices(graph, item_graph, features, 0), chunk_nodes=37
+    )
     assert torch.allclose(no_hop.users, want[: store.num_users], atol=1e-5)  # users: no hop
     assert not torch.allclose(no_hop.items, want[store.num_users :], atol=1e-3)
     model.params = type(model.params)(**{**vars(model.params), "num_layers": 1})
@@ -211,7 +217,8 @@ def test_ranks_share_the_rows_and_give_one_process_metrics(
         ranks = [torch.load(tmp_path / f"{name}-{r}.pt") for r in range(world)]
         # Each rank computed its own contiguous users, the ranks together all of them.
         starts = [r["user_start"] for r in ranks]
-        assert starts == [min(r * -(-store.num_users // world), store.num_users) for r in range(world)]
+        block = -(-store.num_users // world)
+        assert starts == [min(r * block, store.num_users) for r in range(world)]
         assert sum(len(r["users"]) for r in ranks) == store.num_users
         for r in ranks:
             rows = users[r["user_start"] : r["user_start"] + len(r["users"])]

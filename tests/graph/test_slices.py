@@ -15,7 +15,9 @@ def slices(tiny_store) -> GraphSlices:
     users, items = tiny_store.edges(0)
     graph = build_graph(tiny_store.num_users, tiny_store.num_items, users, items)
     features = {m: tiny_store.features(m) for m in tiny_store.modalities}
-    item_graph = build_item_graph(features, weights=None, k=5, method="exact", exact_max_items=10_000)
+    item_graph = build_item_graph(
+        features, weights=None, k=5, method="exact", exact_max_items=10_000
+    )
     return GraphSlices(graph, item_graph, features, item_hops=2)
 
 
