@@ -13,8 +13,9 @@ text features in float16) is trained for a few sampled steps of SEA at 64-d thro
 - the bytes of ID tables each worker holds (``embedding_table_bytes``, from the run's report)
   and of their SparseAdam moments (two per row, so twice the tables);
 - rank 0's peak RSS up to the end of training (before validation), and every rank's peak RSS
-  at the end of the run, which includes validation and test: each rank still runs the
-  full-graph forward for them, so that part does not shrink with P.
+  at the end of the run, which includes validation and test: each rank computes its share of
+  the nodes layer by layer for them (``sea_dist/eval/inference.py``), but still receives one
+  all-gathered ``[N, D]`` layer at a time, so that part shrinks less than 1/P.
 
 Results go to ``benchmarks/results/memory.json``.
 """

@@ -223,6 +223,9 @@ class EvalCfg(_Section):
     k: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [10, 20])
     metric: str = "recall@20"
     batch_users: int = Field(default=4096, ge=1)
+    chunk_nodes: int = Field(
+        default=65536, ge=1, description="nodes per chunk of layer-wise inference (memory bound)"
+    )
     every: int = Field(default=1, ge=1, description="validate every N epochs")
     users_sample: int | None = Field(
         default=None, ge=1, description="evaluate a seeded sample of this many users (huge data)"

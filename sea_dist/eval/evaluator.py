@@ -8,12 +8,18 @@ they can never be hit, but they still count in ``num_pos``, as in MMRec. Duplica
 (user, item) rows count once. Equal scores rank the lower item id first
 (:mod:`sea_dist.eval.ranking`), so lists are the same on every device and chunking.
 
-Distribution: when a ``torch.distributed`` process group is initialised, every rank must call
-:meth:`Evaluator.evaluate` with the same embeddings. Users are cut into the same chunks as in a
-single process and chunk ``c`` goes to rank ``c % world_size``, so each user's list is computed
-exactly as without sharding; ranks then ``all_reduce`` float64 sums (and sums of squares, for
-confidence intervals) and user counts. Sharded and unsharded results therefore differ only by
-float64 summation order.
+Distribution: when a ``torch.distributed`` process group is initialised, every rank calls
+:meth:`Evaluator.evaluate` together, with every item's embeddings and either
+
+* its own users' rows (``user_start`` given, as layer-wise inference leaves them,
+  :mod:`sea_dist.eval.inference`): each rank ranks the split's users among its rows, and the
+  ranks' row ranges must tile all users; or
+* every user's rows, the same on every rank: users are cut into the same chunks as in a single
+  process and chunk ``c`` goes to rank ``c % world_size``.
+
+Ranks then ``all_reduce`` float64 sums (and sums of squares, for confidence intervals) and user
+counts. A user's list does not depend on which rank ranks it, so sharded and unsharded results
+differ only by float64 summation order.
 """
 
 from __future__ import annotations
@@ -159,6 +165,7 @@ class Evaluator:
         item_emb: Tensor,
         split: str,
         *,
+        user_start: int | None = None,
         users_sample: int | None = None,
         seed: int = 0,
     ) -> dict[str, float]:
@@ -168,9 +175,12 @@ class Evaluator:
         initialised: every rank must call it.
 
         Args:
-            user_emb: ``[num_users, d]``.
+            user_emb: ``[num_users, d]``, or with ``user_start`` this rank's ``[n, d]`` rows of
+                users ``user_start .. user_start + n - 1``.
             item_emb: ``[num_items, d]``.
             split: a name given to the constructor, e.g. ``"valid"``.
+            user_start: ``user_emb`` holds this rank's users only, from this one; the ranks'
+                ranges must tile ``0 .. num_users - 1``.
             users_sample: evaluate this many users drawn without replacement (seeded); adds a
                 ``<metric>_ci95`` half-width for every metric.
             seed: seed of the sample.
@@ -184,17 +194,42 @@ class Evaluator:
             sample of one user out of several. Metrics are NaN when no user is evaluated.
         """
         index = self._split(split)
-        user_emb = self._embeddings("user_emb", user_emb, self.num_users)
+        rank, world = _world()
+        if user_start is None:
+            user_emb = self._embeddings("user_emb", user_emb, self.num_users)
+            owned = self.num_users if rank == 0 else 0  # counted once for the coverage check
+        else:
+            owned = len(user_emb)
+            if user_start < 0 or user_start + owned > self.num_users:
+                raise ValueError(
+                    f"user_emb rows {user_start}..{user_start + owned - 1} are outside "
+                    f"0..{self.num_users - 1}"
+                )
+            user_emb = self._embeddings("user_emb", user_emb, owned)
         item_emb = self._embeddings("item_emb", item_emb, self.num_items)
         users = (
             index.users if users_sample is None else self.sample_users(split, users_sample, seed)
         )
+        if user_start is None:
+            rows, offset = self.plan.rows, 0
+            # Every rank has every user: it ranks chunks rank, rank + world, ...
+            chunks = [users[i : i + rows] for i in range(0, len(users), rows)][rank::world]
+        else:
+            mine = users[(users >= user_start) & (users < user_start + owned)]
+            chunks = [mine[i : i + self.plan.rows] for i in range(0, len(mine), self.plan.rows)]
+            offset = user_start
 
-        totals = self._rank_sums(user_emb, item_emb, index, users)
-        if _world()[1] > 1:
+        totals = self._rank_sums(user_emb, item_emb, index, chunks, offset)
+        totals[-1] = owned
+        if world > 1:
             totals = self._all_reduce(totals)
+        totals_list = totals.cpu().tolist()
+        if totals_list[-1] != self.num_users:
+            raise ValueError(
+                f"the ranks' user_emb rows cover {int(totals_list[-1])} of {self.num_users} users"
+            )
         sampled = users_sample is not None
-        return self._summarise(totals.cpu().tolist(), population=len(index.users), sampled=sampled)
+        return self._summarise(totals_list[:-1], population=len(index.users), sampled=sampled)
 
     def _all_reduce(self, totals: Tensor) -> Tensor:
         """Sum ``totals`` over ranks in a buffer that this evaluator keeps alive.
@@ -227,14 +262,19 @@ class Evaluator:
         return emb
 
     def _rank_sums(
-        self, user_emb: Tensor, item_emb: Tensor, index: _SplitIndex, users: np.ndarray
+        self,
+        user_emb: Tensor,
+        item_emb: Tensor,
+        index: _SplitIndex,
+        chunks: list[np.ndarray],
+        user_start: int,
     ) -> Tensor:
-        """This rank's ``[sum of each metric, sum of its squares, ..., user count]`` float64."""
-        rank, world = _world()
+        """This rank's ``[sum of each metric, sum of its squares, ..., user count, 0]`` float64
+        over the users of ``chunks`` (ids; ``user_emb`` row ``r`` is user ``user_start + r``).
+        The last slot is the caller's (the coverage check)."""
         names = metric_names(self.ks)
-        totals = torch.zeros(2 * len(names) + 1, dtype=torch.float64, device=self.device)
-        rows, item_chunk = self.plan.rows, self.plan.item_chunk
-        chunks = [users[i : i + rows] for i in range(0, len(users), rows)][rank::world]
+        totals = torch.zeros(2 * len(names) + 2, dtype=torch.float64, device=self.device)
+        item_chunk = self.plan.item_chunk
         if not chunks:
             return totals
         k_max = max(self.ks)
@@ -247,7 +287,7 @@ class Evaluator:
             user_ids = torch.from_numpy(chunk).to(self.device)
             seen_rows, seen_cols = csr_rows(self._seen_indptr, self._seen_indices, user_ids)
             scores, items = topk_items(
-                user_emb[user_ids],
+                user_emb[user_ids - user_start],
                 item_emb,
                 k_max,
                 seen_rows=seen_rows,
@@ -262,7 +302,7 @@ class Evaluator:
             stacked = torch.stack([values[name] for name in names])  # [metrics, n]
             totals[: len(names)] += stacked.sum(dim=1)
             totals[len(names) : 2 * len(names)] += (stacked * stacked).sum(dim=1)
-            totals[-1] += len(chunk)
+            totals[-2] += len(chunk)
         return totals
 
     def _summarise(

@@ -3,6 +3,14 @@
 One forward code path serves both execution modes: the graph layer hands a full-graph batch
 (blocks = the whole normalised adjacency, positions = global ids) or a sampled one (DGL
 blocks whose destination nodes are a prefix of their sources); models only rely on that.
+
+Inference has a second, layer-wise entry (DGL's "minibatch inference"): a driver computes
+layer 0 for chunks of nodes (:meth:`Recommender.inference_inputs`), then each layer from the
+previous one (:meth:`Recommender.inference_layer`), sums the layers per node, finishes the
+rows (:meth:`Recommender.inference_outputs`) and, for models with an item hop, applies it
+(:meth:`Recommender.inference_item_hop`). The models only see node ids, feature rows and
+:class:`Block` s; how nodes are chunked and spread over workers is the driver's
+(:mod:`sea_dist.eval.inference`).
 """
 
 from __future__ import annotations
@@ -13,7 +21,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from sea_dist.graph.batch import MiniBatch
+from sea_dist.graph.batch import Block, MiniBatch
+from sea_dist.graph.ops import propagate
 from sea_dist.losses.mi import CLUBTerms
 
 
@@ -32,6 +41,59 @@ class Recommender(nn.Module, ABC):
     def node_embeddings(self, batch: MiniBatch) -> Tensor:
         """Final representations of the batch's output nodes, ``[n_out, d]``; scores are dot
         products of rows. On a full-graph batch rows ``[:U]`` are users, ``[U:]`` items."""
+
+    # Layer-wise inference. ``node_embeddings`` on a full-graph batch equals
+    # ``inference_outputs(nodes, sum_l h_l)`` with ``h_0 = inference_inputs(nodes, ...)`` and
+    # ``h_{l+1} = inference_layer(l, A_hat, h_l)``, followed by the item hop when ``item_hop``.
+
+    #: Whether the final item rows are ``e + S e`` (:meth:`inference_item_hop`), when the
+    #: run has an item graph.
+    item_hop: bool = False
+
+    @property
+    @abstractmethod
+    def num_inference_layers(self) -> int:
+        """Propagation layers L of the user-item graph (0: none)."""
+
+    @abstractmethod
+    def inference_inputs(self, nodes: Tensor, item_features: dict[str, Tensor]) -> Tensor:
+        """Layer-0 representations ``h_0`` of ``nodes``.
+
+        Every ID-table lookup must run whatever ``nodes`` holds (even none): a row-sharded
+        table's lookup is a collective that every worker calls as often as the others.
+
+        Args:
+            nodes: ``[n]`` global node ids, users and items in any mix.
+            item_features: per modality the raw rows of the items among ``nodes``, in order.
+
+        Shapes:
+            -> ``[n, D]``.
+        """
+
+    def inference_layer(self, layer: int, block: Block, h_src: Tensor) -> Tensor:
+        """``h_{layer+1}`` of ``block``'s destination nodes from ``h_layer`` of its sources
+        (parameter-free propagation unless a model says otherwise).
+
+        Shapes:
+            h_src: ``[N_src, D]`` -> ``[num_dst, D]``.
+        """
+        return propagate(block, h_src)
+
+    def inference_outputs(self, nodes: Tensor, layer_sum: Tensor) -> Tensor:
+        """Final representations of ``nodes`` (before the item hop) from ``sum_l h_l``.
+
+        Shapes:
+            layer_sum: ``[n, D]`` -> ``[n, d]``.
+        """
+        return layer_sum
+
+    def inference_item_hop(self, block: Block, e_src: Tensor, e_dst: Tensor) -> Tensor:
+        """``i = i_0 + S i_0`` for ``block``'s destination items (item-local blocks of ``S``).
+
+        Shapes:
+            e_src: ``[N_src, d]``, e_dst: ``[num_dst, d]`` -> ``[num_dst, d]``.
+        """
+        return e_dst + propagate(block, e_src)
 
     def estimator_parameters(self) -> list[nn.Parameter]:
         """Parameters of inner estimators (e.g. CLUB's ``q``); they have their own optimizer."""
@@ -66,14 +128,14 @@ def item_feature_rows(batch: MiniBatch, positions: Tensor) -> Tensor:
     return item_rank[positions]
 
 
-def assemble_inputs(batch: MiniBatch, user_rows: Tensor, item_rows: Tensor) -> Tensor:
-    """Scatter user rows and item rows into input-node order.
+def assemble_inputs(is_item: Tensor, user_rows: Tensor, item_rows: Tensor) -> Tensor:
+    """Scatter user rows and item rows into node order (``is_item``: which nodes are items).
 
     Shapes:
-        user_rows: ``[#input users, d]``, item_rows: ``[#input items, d]`` -> ``[N_in, d]``.
+        is_item: ``[N]`` bool, user_rows: ``[#users, d]``, item_rows: ``[#items, d]``
+        -> ``[N, d]``.
     """
-    is_item = batch.input_is_item
-    out = user_rows.new_zeros((len(batch.input_nodes), user_rows.shape[1]))
+    out = user_rows.new_zeros((len(is_item), user_rows.shape[1]))
     out = out.index_copy(0, torch.nonzero(~is_item, as_tuple=True)[0], user_rows)
     return out.index_copy(0, torch.nonzero(is_item, as_tuple=True)[0], item_rows)
 

@@ -70,6 +70,16 @@ class LightGCN(Recommender):
             )
         return layer_sum(batch.blocks, self.embedding(batch.input_nodes), mean=True)
 
+    @property
+    def num_inference_layers(self) -> int:
+        return self.num_layers
+
+    def inference_inputs(self, nodes: Tensor, item_features: dict[str, Tensor]) -> Tensor:
+        return self.embedding(nodes)
+
+    def inference_outputs(self, nodes: Tensor, layer_sum: Tensor) -> Tensor:
+        return layer_sum / (self.num_layers + 1)
+
     def forward(self, batch: MiniBatch) -> dict[str, Any]:
         emb = self.node_embeddings(batch)
         pos, neg = triple_scores(emb, batch)

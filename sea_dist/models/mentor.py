@@ -107,6 +107,8 @@ class MENTOR(Recommender):
         node_embeddings: batch -> ``[n_out, M * embedding_dim]``.
     """
 
+    item_hop = True
+
     def __init__(
         self,
         num_users: int,
@@ -154,27 +156,31 @@ class MENTOR(Recommender):
         tables = (*self.user_tables.values(), self.id_users, self.id_items, self.user_weight)
         return [t.weight for t in tables]
 
-    def _branch_input(self, batch: MiniBatch, users: Tensor, items: Tensor) -> Tensor:
-        return F.normalize(assemble_inputs(batch, users, items), dim=1)
+    def _branch_input(self, is_item: Tensor, users: Tensor, items: Tensor) -> Tensor:
+        return F.normalize(assemble_inputs(is_item, users, items), dim=1)
 
-    def _inputs(self, batch: MiniBatch, branches: list[str]) -> Tensor:
-        """Normalised inputs of the named feature branches, side by side ``[N_in, B * d]``."""
-        user_ids = batch.input_nodes[~batch.input_is_item]
+    def _inputs(
+        self, nodes: Tensor, item_features: dict[str, Tensor], branches: list[str]
+    ) -> Tensor:
+        """Normalised inputs of the named feature branches for ``nodes``, side by side
+        ``[n, B * d]``; ``item_features`` holds the rows of the items among ``nodes``."""
+        is_item = nodes >= self.num_users
+        user_ids = nodes[~is_item]
         dtype = self.id_items.weight.dtype
         xs = []
         for b in branches:
-            items = self.encoders[b](batch.item_features[self._source[b]].to(dtype))
-            xs.append(self._branch_input(batch, self.user_tables[b](user_ids), items))
+            items = self.encoders[b](item_features[self._source[b]].to(dtype))
+            xs.append(self._branch_input(is_item, self.user_tables[b](user_ids), items))
         return torch.cat(xs, dim=1)
 
-    def _fuse(self, batch: MiniBatch, xh: Tensor) -> Tensor:
+    def _fuse(self, nodes: Tensor, xh: Tensor) -> Tensor:
         """Users: each modality's block scaled by ``w_u``; items unchanged."""
         n_out, num_mod = xh.shape[0], len(self.modalities)
-        user_pos = torch.nonzero(batch.output_nodes < self.num_users, as_tuple=True)[0]
+        user_pos = torch.nonzero(nodes < self.num_users, as_tuple=True)[0]
         scale = xh.new_ones(n_out, num_mod).index_copy(
-            0, user_pos, self.user_weight(batch.output_nodes[user_pos])
+            0, user_pos, self.user_weight(nodes[user_pos])
         )
-        return (xh.view(n_out, num_mod, -1) * scale.unsqueeze(2)).view(n_out, -1)
+        return (xh.view(n_out, num_mod, xh.shape[1] // num_mod) * scale.unsqueeze(2)).flatten(1)
 
     def _check_layers(self, batch: MiniBatch) -> None:
         if len(batch.blocks) != self.params.num_layers:
@@ -189,8 +195,19 @@ class MENTOR(Recommender):
 
     def node_embeddings(self, batch: MiniBatch) -> Tensor:
         self._check_layers(batch)
-        xh = layer_sum(batch.blocks, self._inputs(batch, self.modalities))  # [n_out, M * d]
-        return self._item_hop(batch, self._fuse(batch, xh))
+        x = self._inputs(batch.input_nodes, batch.item_features, self.modalities)
+        xh = layer_sum(batch.blocks, x)  # [n_out, M * d]
+        return self._item_hop(batch, self._fuse(batch.output_nodes, xh))
+
+    @property
+    def num_inference_layers(self) -> int:
+        return self.params.num_layers
+
+    def inference_inputs(self, nodes: Tensor, item_features: dict[str, Tensor]) -> Tensor:
+        return self._inputs(nodes, item_features, self.modalities)
+
+    def inference_outputs(self, nodes: Tensor, layer_sum: Tensor) -> Tensor:
+        return self._fuse(nodes, layer_sum)
 
     def forward(self, batch: MiniBatch) -> dict[str, Any]:
         self._check_layers(batch)
@@ -199,18 +216,21 @@ class MENTOR(Recommender):
         item_ids = batch.input_nodes[batch.input_is_item] - self.num_users
         user_ids = batch.input_nodes[~batch.input_is_item]
         x_id = self._branch_input(
-            batch, self.id_users(user_ids), self.id_encoder(self.id_items(item_ids))
+            batch.input_is_item, self.id_users(user_ids), self.id_encoder(self.id_items(item_ids))
         )
-        clean = layer_sum(batch.blocks, torch.cat([self._inputs(batch, self.modalities), x_id], 1))
+        nodes, features = batch.input_nodes, batch.item_features
+        clean = layer_sum(
+            batch.blocks, torch.cat([self._inputs(nodes, features, self.modalities), x_id], 1)
+        )
         noisy = noisy_layer_sum(
-            batch.blocks, self._inputs(batch, self._noisy), len(self._noisy), p.noise_eps
+            batch.blocks, self._inputs(nodes, features, self._noisy), len(self._noisy), p.noise_eps
         )  # [n_out, 2 * M * d]: view 1's modalities, then view 2's
         per_branch = clean.split(d, dim=1)  # M modality blocks, then the ID block
         views = [
-            self._fuse(batch, clean[:, : num_mod * d]),  # r
+            self._fuse(batch.output_nodes, clean[:, : num_mod * d]),  # r
             torch.cat([per_branch[-1]] * num_mod, dim=1),  # g
             *(torch.cat([per_branch[k]] * num_mod, dim=1) for k in range(num_mod)),  # v_m
-            *(self._fuse(batch, n) for n in noisy.split(num_mod * d, dim=1)),  # n_1, n_2
+            *(self._fuse(batch.output_nodes, n) for n in noisy.split(num_mod * d, 1)),  # n_1, n_2
         ]
         r, g, *rest = self._item_hop(batch, torch.cat(views, dim=1)).split(num_mod * d, dim=1)
         modal, (n1, n2) = rest[:num_mod], rest[num_mod:]

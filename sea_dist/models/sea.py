@@ -137,6 +137,8 @@ class SEA(Recommender):
         node_embeddings: batch -> ``[n_out, M * embedding_dim]``.
     """
 
+    item_hop = True
+
     def __init__(
         self,
         num_users: int,
@@ -206,29 +208,51 @@ class SEA(Recommender):
             raise ValueError(
                 f"batch has {len(batch.blocks)} blocks, model has {self.params.num_layers} layers"
             )
-        user_ids = batch.input_nodes[~batch.input_is_item]
-        mapped, inputs = {}, []
-        for m in self.modalities:
-            lin = self.maps[m]
-            mapped[m] = lin(batch.item_features[m].to(lin.weight.dtype))  # [I_in, w_m]
-            x = assemble_inputs(batch, self.user_tables[m](user_ids), self.encoders[m](mapped[m]))
-            inputs.append(F.normalize(x, dim=1))
+        x, mapped = self._inputs(batch.input_nodes, batch.item_features)
         # Propagation is linear and column-wise, so one pass over [x_1 | ... | x_M] equals M
         # per-modality passes (spec: each modality has its own parameter-free GCN).
-        xh = layer_sum(batch.blocks, torch.cat(inputs, dim=1))  # [n_out, M * d]
-        n_out, num_mod = xh.shape[0], len(self.modalities)
-        user_pos = torch.nonzero(batch.output_nodes < self.num_users, as_tuple=True)[0]
-        scale = xh.new_ones(n_out, num_mod).index_copy(
-            0, user_pos, self.user_weight(batch.output_nodes[user_pos])
-        )  # users: w_u, items: 1
-        emb = (xh.view(n_out, num_mod, -1) * scale.unsqueeze(2)).view(n_out, -1)
+        emb = self._fuse(batch.output_nodes, layer_sum(batch.blocks, x))  # [n_out, M * d]
         if batch.item_graph is not None:
             # i = i0 + S i0; the item graph has no edges into user rows, so users are unchanged.
             emb = emb + propagate(batch.item_graph, emb)
         return emb, mapped
 
+    def _inputs(
+        self, nodes: Tensor, item_features: dict[str, Tensor]
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Normalised layer-0 inputs ``[x_1 | ... | x_M]`` of ``nodes`` ``[n, M * d]``, and
+        each modality's mapped features of the items among them."""
+        is_item = nodes >= self.num_users
+        user_ids = nodes[~is_item]
+        mapped, inputs = {}, []
+        for m in self.modalities:
+            lin = self.maps[m]
+            mapped[m] = lin(item_features[m].to(lin.weight.dtype))  # [I_in, w_m]
+            x = assemble_inputs(is_item, self.user_tables[m](user_ids), self.encoders[m](mapped[m]))
+            inputs.append(F.normalize(x, dim=1))
+        return torch.cat(inputs, dim=1), mapped
+
+    def _fuse(self, nodes: Tensor, xh: Tensor) -> Tensor:
+        """Users: each modality's block of ``xh`` scaled by ``w_u``; items unchanged."""
+        n_out, num_mod = xh.shape[0], len(self.modalities)
+        user_pos = torch.nonzero(nodes < self.num_users, as_tuple=True)[0]
+        scale = xh.new_ones(n_out, num_mod).index_copy(
+            0, user_pos, self.user_weight(nodes[user_pos])
+        )  # users: w_u, items: 1
+        return (xh.view(n_out, num_mod, xh.shape[1] // num_mod) * scale.unsqueeze(2)).flatten(1)
+
     def node_embeddings(self, batch: MiniBatch) -> Tensor:
         return self._encode(batch)[0]
+
+    @property
+    def num_inference_layers(self) -> int:
+        return self.params.num_layers
+
+    def inference_inputs(self, nodes: Tensor, item_features: dict[str, Tensor]) -> Tensor:
+        return self._inputs(nodes, item_features)[0]
+
+    def inference_outputs(self, nodes: Tensor, layer_sum: Tensor) -> Tensor:
+        return self._fuse(nodes, layer_sum)
 
     def forward(self, batch: MiniBatch) -> dict[str, Any]:
         emb, mapped = self._encode(batch)

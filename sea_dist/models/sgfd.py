@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sea_dist.graph.batch import MiniBatch
+from sea_dist.graph.batch import Block, MiniBatch
 from sea_dist.losses.distill import (
     feature_distillation,
     masked_cross_entropy,
@@ -207,6 +207,27 @@ class SGFD(Recommender):
 
     def node_embeddings(self, batch: MiniBatch) -> Tensor:
         return self.backbone.node_embeddings(batch)
+
+    # Inference is the backbone's, through the students it now calls.
+    @property
+    def item_hop(self) -> bool:  # type: ignore[override]
+        return self.backbone.item_hop
+
+    @property
+    def num_inference_layers(self) -> int:
+        return self.backbone.num_inference_layers
+
+    def inference_inputs(self, nodes: Tensor, item_features: dict[str, Tensor]) -> Tensor:
+        return self.backbone.inference_inputs(nodes, item_features)
+
+    def inference_layer(self, layer: int, block: Block, h_src: Tensor) -> Tensor:
+        return self.backbone.inference_layer(layer, block, h_src)
+
+    def inference_outputs(self, nodes: Tensor, layer_sum: Tensor) -> Tensor:
+        return self.backbone.inference_outputs(nodes, layer_sum)
+
+    def inference_item_hop(self, block: Block, e_src: Tensor, e_dst: Tensor) -> Tensor:
+        return self.backbone.inference_item_hop(block, e_src, e_dst)
 
     def forward(self, batch: MiniBatch) -> dict[str, Any]:
         out = self.backbone(batch)

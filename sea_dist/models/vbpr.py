@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from sea_dist.graph.batch import MiniBatch
 from sea_dist.losses.ranking import bpr_loss, norm_reg
-from sea_dist.models.base import Recommender, item_feature_rows, triple_scores
+from sea_dist.models.base import Recommender, triple_scores
 from sea_dist.models.tables import IdTable
 
 
@@ -92,13 +92,24 @@ class VBPR(Recommender):
     def node_embeddings(self, batch: MiniBatch) -> Tensor:
         if batch.blocks:
             raise ValueError(f"batch has {len(batch.blocks)} blocks, VBPR propagates nothing")
-        nodes = batch.output_nodes
+        # With no blocks the input nodes are the output nodes, features in their item order.
+        return self._embed(batch.output_nodes, batch.item_features)
+
+    @property
+    def num_inference_layers(self) -> int:
+        return 0
+
+    def inference_inputs(self, nodes: Tensor, item_features: dict[str, Tensor]) -> Tensor:
+        return self._embed(nodes, item_features)
+
+    def _embed(self, nodes: Tensor, item_features: dict[str, Tensor]) -> Tensor:
+        """Rows of ``nodes``: ``p_u`` for users, ``[q_i | sum_m E_m F_m[i] + b]`` for items;
+        ``item_features`` holds the rows of the items among ``nodes``, in order."""
         is_item = nodes >= self.num_users
         positions = torch.nonzero(is_item, as_tuple=True)[0]
-        rows = item_feature_rows(batch, positions)  # with no blocks, inputs == outputs
         dtype = self.item_embedding.weight.dtype
         visual = torch.stack(
-            [self.projections[m](batch.item_features[m][rows].to(dtype)) for m in self.modalities]
+            [self.projections[m](item_features[m].to(dtype)) for m in self.modalities]
         ).sum(dim=0)  # [I_out, d]
         items = torch.cat([self.item_embedding(nodes[positions] - self.num_users), visual], dim=1)
         users = self.user_embedding(nodes[~is_item])  # [U_out, 2d]

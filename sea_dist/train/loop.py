@@ -29,10 +29,17 @@ from sea_dist.config import RunCfg, dump_config
 from sea_dist.data.store import Store, resolve_store, verify_store_cached
 from sea_dist.errors import CheckpointError, ConfigError, DivergenceError
 from sea_dist.eval.evaluator import EarlyStopping, Evaluator
+from sea_dist.eval.inference import (
+    ShardedEmbeddings,
+    all_finite,
+    gather_users,
+    layerwise_embeddings,
+)
 from sea_dist.graph.build import UserItemGraph, build_graph
 from sea_dist.graph.knn import ItemGraph, build_item_graph, modality_weights
-from sea_dist.graph.loader import MiniBatchLoader, full_graph_batch
+from sea_dist.graph.loader import MiniBatchLoader
 from sea_dist.graph.partition import partition_seed_edges
+from sea_dist.graph.slices import GraphSlices
 from sea_dist.models.base import Recommender
 from sea_dist.models.registry import build_model, resolve_item_labels
 from sea_dist.train.checkpoint import STATE_FILE, find_checkpoint, load_checkpoint, save_checkpoint
@@ -166,20 +173,29 @@ def _dense_bytes_per_step(model: Recommender) -> int:
     return int(2 * (world - 1) / world * size)
 
 
-def _full_embeddings(model: Recommender, full_batch: Any) -> torch.Tensor:
-    """Final representations of every node ``[U + I, d]``, for ranking.
+def _embeddings(
+    model: Recommender, slices: GraphSlices, cfg: RunCfg, device: str | torch.device = "cpu"
+) -> ShardedEmbeddings:
+    """This rank's users' and every item's final representations, for ranking.
 
-    Recomputed over the full graph, in eval mode, from the parameters the epoch ended with. The
-    reference ranks instead with what its last training forward cached (``result_embed``),
+    Recomputed over the full graph, layer by layer and each rank its share of the nodes
+    (:mod:`sea_dist.eval.inference`), in eval mode, from the parameters the epoch ended with.
+    The reference ranks instead with what its last training forward cached (``result_embed``),
     i.e. from before the epoch's last optimizer step and in training mode; recomputing ranks
     the model that is checkpointed, and works the same when training is sampled (no training
     forward there covers every node).
     """
-    model.eval()
-    with torch.no_grad():
-        emb = model.node_embeddings(full_batch)
-    model.train()
-    return emb
+    return layerwise_embeddings(model, slices, chunk_nodes=cfg.eval.chunk_nodes, device=device)
+
+
+def _evaluate(
+    evaluator: Evaluator, emb: ShardedEmbeddings, split: str, cfg: RunCfg
+) -> dict[str, float]:
+    """Rank this rank's users against every item (collective: all ranks call it)."""
+    sample = cfg.eval.users_sample
+    return evaluator.evaluate(
+        emb.users, emb.items, split, user_start=emb.user_start, users_sample=sample
+    )
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -224,9 +240,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # DDP collectives must line up: every rank takes as many steps as the largest part.
         steps_per_epoch=math.ceil(parts.max_part_edges / cfg.train.batch_size) if world > 1 else None,
     )
-    full_batch = full_graph_batch(
-        data.graph, data.item_graph, data.features, cfg.graph.item_hops, num_layers=cfg.model.num_layers
-    ).to(device)
+    slices = GraphSlices(data.graph, data.item_graph, data.features, cfg.graph.item_hops)
     evaluator = store_evaluator(store, cfg, device)
     dims = {m: int(data.features[m].shape[1]) for m in data.modalities}
     labels = resolve_item_labels(cfg.model, store.labels(), data.features)  # SGFD only
@@ -339,11 +353,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         }
         improved = False
         if (epoch + 1) % cfg.eval.every == 0 or epoch + 1 == cfg.train.epochs:
-            emb = _full_embeddings(model, full_batch)
-            _require_finite(emb, epoch, rank)
-            valid = evaluator.evaluate(
-                emb[: store.num_users], emb[store.num_users :], "valid", users_sample=cfg.eval.users_sample
-            )
+            emb = _embeddings(model, slices, cfg, device)
+            _require_finite(emb, epoch)
+            valid = _evaluate(evaluator, emb, "valid", cfg)
             metrics.update({f"valid/{k}": v for k, v in valid.items()})
             improved = stopper.update(epoch, valid)
         stop = stopper.should_stop or epoch + 1 == cfg.train.epochs
@@ -376,10 +388,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         best = find_checkpoint(run_dir / RAY_STORAGE, stopper.best_epoch)
         best_model = load_checkpoint(best, map_location=device)["model"]
         _restore(best, lambda: model.load_state_dict(_shard_state(best_model, sharded)))
-    emb = _full_embeddings(model, full_batch)
-    users_emb, items_emb = emb[: store.num_users], emb[store.num_users :]
-    valid = evaluator.evaluate(users_emb, items_emb, "valid", users_sample=cfg.eval.users_sample)
-    test = evaluator.evaluate(users_emb, items_emb, "test", users_sample=cfg.eval.users_sample)
+    emb = _embeddings(model, slices, cfg, device)
+    valid = _evaluate(evaluator, emb, "valid", cfg)
+    test = _evaluate(evaluator, emb, "test", cfg)
+    all_users = gather_users(emb)  # rank 0 only, for the export
     peaks = _gather_floats(_peak_rss_mb())
     model_state = gather_model_state(model, sharded) if sharded else model.state_dict()
     if rank == 0:
@@ -400,8 +412,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "embedding_table_bytes": table_bytes,
             "peak_rss_mb_per_worker": peaks,
         }
+        assert all_users is not None
         files.write_results(
-            report, cfg, model_state, emb, wall_time=lambda: wall_before + time.perf_counter() - started
+            report, cfg, model_state, (all_users, emb.items),
+            wall_time=lambda: wall_before + time.perf_counter() - started,
         )
     files.close()
     ray.train.report({"done": True, "best_epoch": stopper.best_epoch, **{f"test/{k}": v for k, v in test.items()}})
@@ -459,10 +473,11 @@ def _restore(directory: str | Path, load: Callable[[], Any]) -> None:
         raise CheckpointError(f"{Path(directory) / STATE_FILE}: does not fit this run ({first})") from None
 
 
-def _require_finite(emb: torch.Tensor, epoch: int, rank: int) -> None:
-    if not bool(torch.isfinite(emb).all()):
+def _require_finite(emb: ShardedEmbeddings, epoch: int) -> None:
+    """Raise on every rank if any rank's rows are not finite (collective)."""
+    if not all_finite(emb):
         raise DivergenceError(
-            f"training diverged: non-finite embeddings after epoch {epoch} on rank {rank}; "
+            f"training diverged: non-finite embeddings after epoch {epoch}; "
             "lower train.lr or check the features"
         )
 
@@ -537,11 +552,9 @@ def evaluate_run(
     labels = resolve_item_labels(cfg.model, store.labels(), data.features)
     model = build_model(cfg.model, store.num_users, store.num_items, dims, labels)
     _restore(best, lambda: model.load_state_dict(state["model"]))
-    full_batch = full_graph_batch(
-        data.graph, data.item_graph, data.features, cfg.graph.item_hops, num_layers=cfg.model.num_layers
-    )
+    slices = GraphSlices(data.graph, data.item_graph, data.features, cfg.graph.item_hops)
     evaluator = store_evaluator(store, cfg, ks=ks)
-    emb = _full_embeddings(model, full_batch)
+    emb = _embeddings(model, slices, cfg)
     return evaluator.evaluate(
-        emb[: store.num_users], emb[store.num_users :], split, users_sample=users_sample, seed=seed
+        emb.users, emb.items, split, user_start=emb.user_start, users_sample=users_sample, seed=seed
     )

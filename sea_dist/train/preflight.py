@@ -35,6 +35,7 @@ RESULT_NEUTRAL_KEYS = frozenset(
     {
         "data.cache_dir",
         "eval.batch_users",
+        "eval.chunk_nodes",
         "train.max_failures",
         "train.checkpoint_every",
         "train.placement",

@@ -94,27 +94,27 @@ class RunFiles:
         report: dict[str, Any],
         cfg: RunCfg,
         model_state: dict[str, torch.Tensor],
-        embeddings: torch.Tensor,
+        embeddings: tuple[torch.Tensor, torch.Tensor],
         wall_time: Callable[[], float],
     ) -> None:
         """Best checkpoint, embeddings, report.json and summary.md (report last: it marks done).
 
-        ``model_state`` is the best model's full state dict, ``embeddings`` its final node
-        embeddings ``[U + I, d]``.
+        ``model_state`` is the best model's full state dict, ``embeddings`` its final user and
+        item embeddings, ``[U, d]`` and ``[I, d]``.
         ``wall_time()`` becomes the report's ``wall_time_s``; it is read once the large files
         are written, so the figure covers the whole run but the two small files.
         """
         save_checkpoint(self.root / BEST, {"model": model_state}, dump_config(cfg))
-        self._export_embeddings(embeddings, int(report["num_users"]))
+        self._export_embeddings(*embeddings)
         report = {**report, "wall_time_s": wall_time()}
         atomic_write_text(self.root / "summary.md", summary_markdown(report))
         atomic_write_text(self.root / REPORT, json.dumps(report, indent=2, default=float))
 
-    def _export_embeddings(self, embeddings: torch.Tensor, num_users: int) -> None:
+    def _export_embeddings(self, users: torch.Tensor, items: torch.Tensor) -> None:
         out = self.root / "embeddings"
         out.mkdir(exist_ok=True)
-        emb = embeddings.detach().cpu().float().numpy()
-        for name, rows in (("users", emb[:num_users]), ("items", emb[num_users:])):
+        for name, emb in (("users", users), ("items", items)):
+            rows = emb.detach().cpu().float().numpy()
             table = pa.table(
                 {
                     "id": pa.array(range(len(rows)), type=pa.int64()),
