@@ -137,7 +137,9 @@ def load_checkpoint(directory: str | Path, map_location: str | torch.device = "c
 def save_tables(directory: str | Path, tables: dict[str, ShardedTensor]) -> None:
     """Write this rank's rows of ``tables`` under ``directory/tables`` (collective: every rank
     calls it with the same keys; rank 0 also writes the metadata)."""
-    dcp.save(tables, storage_writer=dcp.FileSystemWriter(Path(directory) / TABLES_DIR))
+    with warnings.catch_warnings():  # DCP 2.2.1's writer still calls tensor.storage()
+        warnings.filterwarnings("ignore", message="TypedStorage is deprecated")
+        dcp.save(tables, storage_writer=dcp.FileSystemWriter(Path(directory) / TABLES_DIR))
 
 
 def load_tables(directory: str | Path, targets: dict[str, Tensor | ShardedTensor]) -> None:

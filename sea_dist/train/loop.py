@@ -377,7 +377,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     if stopper.best_epoch is not None:
         if world > 1:
-            dist.barrier()  # rank 0 returns from its last report once its checkpoint is stored
+            dist.barrier()  # each rank returns from its last report once its files are stored
         best = find_checkpoint(run_dir / RAY_STORAGE, stopper.best_epoch)
         best_state = load_checkpoint(best, map_location=device)
         _restore(best, lambda: _load_training_state(model, {}, sharded, best_state, best))
