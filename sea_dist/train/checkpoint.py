@@ -67,7 +67,13 @@ METADATA_FILE = ".metadata"
 # fields, torch.Size, and the lookups torch registers for layouts (dtypes are checked apart).
 _METADATA_GLOBALS = {
     ("torch.distributed.checkpoint.metadata", name)
-    for name in ("Metadata", "TensorStorageMetadata", "BytesStorageMetadata", "ChunkStorageMetadata", "MetadataIndex")
+    for name in (
+        "Metadata",
+        "TensorStorageMetadata",
+        "BytesStorageMetadata",
+        "ChunkStorageMetadata",
+        "MetadataIndex",
+    )
 } | {
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
     ("torch.distributed._shard.sharded_tensor.metadata", "TensorProperties"),
@@ -154,8 +160,8 @@ def load_tables(directory: str | Path, targets: dict[str, Tensor | ShardedTensor
     metadata = _read_metadata(root / METADATA_FILE)
     for key, target in targets.items():
         stored = metadata.state_dict_metadata.get(key)
-        if not isinstance(stored, TensorStorageMetadata) or tuple(stored.size) != tuple(target.size()):
-            shape = tuple(stored.size) if isinstance(stored, TensorStorageMetadata) else None
+        shape = tuple(stored.size) if isinstance(stored, TensorStorageMetadata) else None
+        if shape != tuple(target.size()):
             raise CheckpointError(
                 f"{root / METADATA_FILE}: does not fit this run ({key}: stored {shape}, "
                 f"expected {tuple(target.size())})"
@@ -173,8 +179,12 @@ def load_tables(directory: str | Path, targets: dict[str, Tensor | ShardedTensor
         ours = [e for e in errors if isinstance(e, CheckpointError)]
         if ours:
             raise ours[0] from None
-        first = (str(errors[0]).strip().splitlines() or [type(errors[0]).__name__])[0] if errors else ""
+        first = _first_line(errors[0])
         raise CheckpointError(f"{root}: not a readable checkpoint ({first})") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class _MetadataUnpickler(pickle.Unpickler):
@@ -197,12 +207,12 @@ def _read_metadata(path: Path) -> Metadata:
     except pickle.UnpicklingError as exc:
         raise CheckpointError(f"{path}: refused, holds more than DCP metadata ({exc})") from None
     except Exception as exc:  # a malformed pickle raises anything from its constructors
-        raise CheckpointError(f"{path}: not a readable checkpoint ({type(exc).__name__}: {exc})") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint ({_first_line(exc)})") from None
     if not isinstance(metadata, Metadata) or not isinstance(metadata.storage_data, dict):
         raise CheckpointError(f"{path}: not a DCP checkpoint's metadata")
     for info in metadata.storage_data.values():
         if not (isinstance(info, _StorageInfo) and _DATA_FILE.fullmatch(str(info.relative_path))):
-            raise CheckpointError(f"{path}: refused, names a file that is not one of its own ({info})")
+            raise CheckpointError(f"{path}: refused, names a file that is not its own ({info})")
     return metadata
 
 
@@ -219,7 +229,8 @@ class _SafeReader(dcp.FileSystemReader):
     def read_data(self, plan: LoadPlan, planner: LoadPlanner) -> Future[None]:
         per_file: dict[str, list[Any]] = {}
         for item in plan.items:
-            per_file.setdefault(self.storage_data[item.storage_index].relative_path, []).append(item)
+            name = self.storage_data[item.storage_index].relative_path
+            per_file.setdefault(name, []).append(item)
         for name, items in per_file.items():
             path = self.path / name
             try:
@@ -237,12 +248,13 @@ class _SafeReader(dcp.FileSystemReader):
         if item.type != LoadItemType.TENSOR:
             raise CheckpointError(f"{path}: refused, holds a pickled object where tensors belong")
         try:
-            stored = torch.load(_create_file_view(fh, info.offset, info.length), map_location="cpu", weights_only=True)
+            view = _create_file_view(fh, info.offset, info.length)
+            stored = torch.load(view, map_location="cpu", weights_only=True)
         except pickle.UnpicklingError as exc:
             refused = str(exc).rsplit("WeightsUnpickler error:", 1)[-1].strip()
             raise CheckpointError(f"{path}: refused, holds more than tensors ({refused})") from None
         except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = _first_line(exc)
             raise CheckpointError(f"{path}: not a readable checkpoint ({first})") from None
         if not isinstance(stored, Tensor):
             raise CheckpointError(f"{path}: expected a tensor, got {type(stored).__name__}")

@@ -369,9 +369,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         # others score -1, below any metric; not -inf, which Ray's snapshot JSON reads back
         # as null when a driver resumes.
         score = stopper.best_value if improved else -1.0
-        _report(
-            {**metrics, CHECKPOINT_SCORE: score}, state, table_rows, dump_config(cfg), rank, epoch if save else None
-        )
+        metrics[CHECKPOINT_SCORE] = score
+        _report(metrics, state, table_rows, dump_config(cfg), rank, epoch if save else None)
         if stop:
             break
 
@@ -538,8 +537,9 @@ def _report(
             save_tables(tmp, table_rows)  # collective: every rank writes its rows
         if rank == 0:
             save_checkpoint(tmp, state, config_yaml, epoch=epoch)
-        writes = rank == 0 or bool(table_rows)
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp) if writes else None)
+        wrote = rank == 0 or bool(table_rows)
+        checkpoint = ray.train.Checkpoint.from_directory(tmp) if wrote else None
+        ray.train.report(metrics, checkpoint=checkpoint)
 
 
 

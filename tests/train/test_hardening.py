@@ -70,7 +70,8 @@ def _tables_checkpoint(directory: Path) -> torch.Tensor:
     import torch.distributed.checkpoint as dcp
 
     table = torch.arange(12.0).view(4, 3)
-    dcp.save({"t.weight": table}, storage_writer=dcp.FileSystemWriter(directory / TABLES_DIR), no_dist=True)
+    writer = dcp.FileSystemWriter(directory / TABLES_DIR)
+    dcp.save({"t.weight": table}, storage_writer=writer, no_dist=True)
     return table
 
 

@@ -79,7 +79,8 @@ def test_row_sharded_tables_train_as_replicated(train_store: Path, tmp_path: Pat
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert json.loads(evaluated.stdout)["recall@20"] == pytest.approx(sharded["test"]["recall@20"], abs=1e-6)
     # Each worker reported its own rows; Ray Train merged them into one checkpoint directory.
-    checkpoints = [info.parent for info in (tmp_path / "sharded" / "ray").glob("checkpoint_*/checkpoint.json")]
+    infos = (tmp_path / "sharded" / "ray").glob("checkpoint_*/checkpoint.json")
+    checkpoints = [info.parent for info in infos]
     assert checkpoints
     for checkpoint in [*checkpoints, tmp_path / "sharded" / "best_checkpoint"]:
         files = sorted(p.name for p in (checkpoint / "tables").iterdir())
