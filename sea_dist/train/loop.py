@@ -42,16 +42,23 @@ from sea_dist.graph.partition import partition_seed_edges
 from sea_dist.graph.slices import GraphSlices
 from sea_dist.models.base import Recommender
 from sea_dist.models.registry import build_model, resolve_item_labels
-from sea_dist.train.checkpoint import STATE_FILE, find_checkpoint, load_checkpoint, save_checkpoint
+from sea_dist.train.checkpoint import (
+    STATE_FILE,
+    find_checkpoint,
+    load_checkpoint,
+    load_tables,
+    save_checkpoint,
+    save_tables,
+)
 from sea_dist.train.optim import build_optimizers, fit_estimator
-from sea_dist.train.run_files import CHECKPOINT_SCORE, LOG, RAY_STORAGE, RunFiles
+from sea_dist.train.run_files import BEST, CHECKPOINT_SCORE, LOG, RAY_STORAGE, RunFiles
 from sea_dist.train.sharding import (
     ShardedIdTable,
-    gather_model_state,
-    gather_optimizer_state,
+    load_sharded_state,
     shard_model_state,
     shard_optimizer_state,
     shard_tables,
+    sharded_state,
     take_bytes_sent,
 )
 from sea_dist.train.sparse_sync import sync_sparse_grads
@@ -266,7 +273,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             state = load_checkpoint(ckpt_dir, map_location=device)
 
             def restore() -> None:
-                _load_training_state(model, optimizers, sharded, state)
+                _load_training_state(model, optimizers, sharded, state, ckpt_dir)
                 stopper.load_state_dict(state["stopper"])
 
             _restore(ckpt_dir, restore)
@@ -364,36 +371,39 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if rank == 0:
             files.append_metrics(metrics)
         save = stop or improved or (epoch + 1) % cfg.train.checkpoint_every == 0
-        state = {}
-        if save:  # gathering sharded tables is a collective: only when a checkpoint is written
-            state = {
-                **_training_state(model, optimizers, sharded),
-                "stopper": stopper.state_dict(),
-                "epoch": epoch,
-                "wall_time_s": wall_before + time.perf_counter() - started,
-            }
+        state, table_rows = {}, {}
+        if save:
+            state, table_rows = _training_state(model, optimizers, sharded)
+            state.update(
+                stopper=stopper.state_dict(),
+                epoch=epoch,
+                wall_time_s=wall_before + time.perf_counter() - started,
+            )
         # Ray Train keeps the checkpoint with the highest score and the latest one: scoring
         # only improvements makes the kept best the early-stopping best (equal values later
         # would otherwise tie with it), so no checkpoint needs a copy of the best model. The
         # others score -1, below any metric; not -inf, which Ray's snapshot JSON reads back
         # as null when a driver resumes.
         score = stopper.best_value if improved else -1.0
-        _report({**metrics, CHECKPOINT_SCORE: score}, state, dump_config(cfg), rank, epoch if save else None)
+        metrics[CHECKPOINT_SCORE] = score
+        _report(metrics, state, table_rows, dump_config(cfg), rank, epoch if save else None)
         if stop:
             break
 
     if stopper.best_epoch is not None:
         if world > 1:
-            dist.barrier()  # rank 0 returns from its last report once its checkpoint is stored
+            dist.barrier()  # each rank returns from its last report once its files are stored
         best = find_checkpoint(run_dir / RAY_STORAGE, stopper.best_epoch)
-        best_model = load_checkpoint(best, map_location=device)["model"]
-        _restore(best, lambda: model.load_state_dict(_shard_state(best_model, sharded)))
+        best_state = load_checkpoint(best, map_location=device)
+        _restore(best, lambda: _load_training_state(model, {}, sharded, best_state, best))
     emb = _embeddings(model, slices, cfg, device)
     valid = _evaluate(evaluator, emb, "valid", cfg)
     test = _evaluate(evaluator, emb, "test", cfg)
     all_users = gather_users(emb)  # rank 0 only, for the export
     peaks = _gather_floats(_peak_rss_mb())
-    model_state = gather_model_state(model, sharded) if sharded else model.state_dict()
+    model_state, table_rows = _training_state(model, {}, sharded)
+    if table_rows:
+        save_tables(run_dir / BEST, table_rows)  # each rank its rows of the best model's tables
     if rank == 0:
         history = files.read_metrics()
         report = {
@@ -435,33 +445,49 @@ def _all_reduce_dense(tables: list[torch.nn.Parameter]) -> int:
 
 def _training_state(
     model: Recommender, optimizers: dict[str, Any], sharded: dict[str, ShardedIdTable]
-) -> dict[str, Any]:
-    """Model and optimizer state in the replicated layout (collective with sharded tables;
-    only rank 0's copy is complete, and only rank 0 writes it)."""
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What rank 0 writes (``state.pt``), and what every rank writes with DCP: its rows of the
+    sharded tables and of their moments (empty without sharded tables)."""
     opts = {n: o.state_dict() for n, o in optimizers.items() if o is not None}
     if not sharded:
-        return {"model": model.state_dict(), "optimizers": opts}
-    if optimizers.get("tables") is not None:
-        opts["tables"] = gather_optimizer_state(optimizers["tables"], sharded)
-    return {"model": gather_model_state(model, sharded), "optimizers": opts}
+        return {"model": model.state_dict(), "optimizers": opts}, {}
+    model_state, table_opt, rows = sharded_state(model, optimizers.get("tables"), sharded)
+    if table_opt is not None:
+        opts["tables"] = table_opt
+    keys = [f"{name}.weight" for name in sharded]
+    return {"model": model_state, "optimizers": opts, "sharded_tables": keys}, rows
 
 
 def _load_training_state(
-    model: Recommender, optimizers: dict[str, Any], sharded: dict[str, ShardedIdTable], state: dict[str, Any]
+    model: Recommender,
+    optimizers: dict[str, Any],
+    sharded: dict[str, ShardedIdTable],
+    state: dict[str, Any],
+    directory: str | Path,
 ) -> None:
-    """Load a replicated-layout state, cut to this rank's rows when the tables are sharded
-    (so a run resumes on any number of workers)."""
-    model.load_state_dict(_shard_state(state["model"], sharded))
+    """Load the state of ``directory`` into this rank's layout (sharded or not, on any number of
+    workers); with ``optimizers`` empty, the model only."""
+    if "sharded_tables" in state:  # tables and their moments are in the DCP part
+        load_sharded_state(
+            model,
+            optimizers.get("tables"),
+            sharded,
+            state["sharded_tables"],
+            state["model"],
+            state["optimizers"].get("tables") if optimizers.get("tables") is not None else None,
+            lambda targets: load_tables(directory, targets),
+        )
+        dense = {n: o for n, o in optimizers.items() if o is not None and n != "tables"}
+        for name, opt in dense.items():
+            opt.load_state_dict(state["optimizers"][name])
+        return
+    model.load_state_dict(shard_model_state(state["model"], sharded) if sharded else state["model"])
     for name, opt in optimizers.items():
         if opt is not None:
             opt_state = state["optimizers"][name]
             if sharded and name == "tables":
                 opt_state = shard_optimizer_state(opt, opt_state, sharded)
             opt.load_state_dict(opt_state)
-
-
-def _shard_state(model_state: dict[str, Any], sharded: dict[str, ShardedIdTable]) -> dict[str, Any]:
-    return shard_model_state(model_state, sharded) if sharded else model_state
 
 
 def _restore(directory: str | Path, load: Callable[[], Any]) -> None:
@@ -510,19 +536,28 @@ def _median(values: list[float]) -> float:
 
 
 def _report(
-    metrics: dict[str, Any], state: dict[str, Any], config_yaml: str, rank: int, epoch: int | None
+    metrics: dict[str, Any],
+    state: dict[str, Any],
+    table_rows: dict[str, Any],
+    config_yaml: str,
+    rank: int,
+    epoch: int | None,
 ) -> None:
-    """Report ``metrics``, with a checkpoint of ``state`` unless ``epoch`` is None."""
+    """Report ``metrics``, with a checkpoint unless ``epoch`` is None: ``state`` from rank 0 and,
+    with sharded tables, every rank's ``table_rows``. Each rank reports its own directory; Ray
+    Train merges them into the one checkpoint (the DCP files are named by rank)."""
     import ray.train
 
     if epoch is None:
         ray.train.report(metrics)
         return
     with tempfile.TemporaryDirectory() as tmp:
-        checkpoint = None
+        if table_rows:
+            save_tables(tmp, table_rows)  # collective: every rank writes its rows
         if rank == 0:
             save_checkpoint(tmp, state, config_yaml, epoch=epoch)
-            checkpoint = ray.train.Checkpoint.from_directory(tmp)
+        wrote = rank == 0 or bool(table_rows)
+        checkpoint = ray.train.Checkpoint.from_directory(tmp) if wrote else None
         ray.train.report(metrics, checkpoint=checkpoint)
 
 
@@ -551,7 +586,7 @@ def evaluate_run(
     dims = {m: int(data.features[m].shape[1]) for m in data.modalities}
     labels = resolve_item_labels(cfg.model, store.labels(), data.features)
     model = build_model(cfg.model, store.num_users, store.num_items, dims, labels)
-    _restore(best, lambda: model.load_state_dict(state["model"]))
+    _restore(best, lambda: _load_training_state(model, {}, {}, state, best))
     slices = GraphSlices(data.graph, data.item_graph, data.features, cfg.graph.item_hops)
     evaluator = store_evaluator(store, cfg, ks=ks)
     emb = _embeddings(model, slices, cfg)

@@ -93,18 +93,19 @@ class RunFiles:
         self,
         report: dict[str, Any],
         cfg: RunCfg,
-        model_state: dict[str, torch.Tensor],
+        best_state: dict[str, Any],
         embeddings: tuple[torch.Tensor, torch.Tensor],
         wall_time: Callable[[], float],
     ) -> None:
         """Best checkpoint, embeddings, report.json and summary.md (report last: it marks done).
 
-        ``model_state`` is the best model's full state dict, ``embeddings`` its final user and
-        item embeddings, ``[U, d]`` and ``[I, d]``.
+        ``best_state`` is the best model's checkpoint state (its ``"model"``; with sharded tables,
+        every rank has already written their rows under ``best_checkpoint/tables``),
+        ``embeddings`` its final user and item embeddings, ``[U, d]`` and ``[I, d]``.
         ``wall_time()`` becomes the report's ``wall_time_s``; it is read once the large files
         are written, so the figure covers the whole run but the two small files.
         """
-        save_checkpoint(self.root / BEST, {"model": model_state}, dump_config(cfg))
+        save_checkpoint(self.root / BEST, best_state, dump_config(cfg))
         self._export_embeddings(*embeddings)
         report = {**report, "wall_time_s": wall_time()}
         atomic_write_text(self.root / "summary.md", summary_markdown(report))

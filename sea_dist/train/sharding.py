@@ -10,11 +10,14 @@ a full table, gradient or optimizer state while training. Every rank must look t
 same number of times in the same order in a step, as DDP requires of its collectives: the
 models have one code path, so they do.
 
-Checkpoints keep the replicated layout: :func:`gather_model_state` and
-:func:`gather_optimizer_state` assemble full tables and moments on rank 0, and
-:func:`shard_model_state` / :func:`shard_optimizer_state` cut them for any number of workers,
-so a run resumes on a different worker count and a sharded checkpoint loads into an unsharded
-model (``sea-dist evaluate``).
+Checkpoints keep the shards: :func:`sharded_state` splits the training state into what rank 0
+writes (the model without the tables' rows, the optimizer without their moments) and this
+rank's rows of the tables and moments as ``ShardedTensor`` s, which every rank writes with
+``torch.distributed.checkpoint`` (``train/checkpoint.py``); no rank gathers a table.
+:func:`load_sharded_state` reads them back into any layout: this rank's block on any number of
+workers, or whole tables in an unsharded model (one worker, ``sea-dist evaluate``).
+:func:`shard_model_state` / :func:`shard_optimizer_state` cut a replicated-layout state (a
+checkpoint of replicated tables) to this rank's rows.
 
 Why not TorchRec: it was tried first (torchrec 0.6.0, fbgemm-gpu-cpu 0.6.0, torch 2.2.1, gloo,
 CPU), and row-wise sharding does not train there:
@@ -32,11 +35,15 @@ CPU), and row-wise sharding does not train there:
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
+from torch.distributed._shard.metadata import ShardMetadata
+from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
+from torch.distributed._shard.sharded_tensor.metadata import ShardedTensorMetadata, TensorProperties
 
 from sea_dist.models.tables import IdTable
 
@@ -151,26 +158,113 @@ def take_bytes_sent(tables: dict[str, ShardedIdTable]) -> int:
     return sent
 
 
-def _gather_rows(local: Tensor, table: ShardedIdTable) -> Tensor | None:
-    """The full ``[num_rows, ...]`` tensor on rank 0 from every rank's block (None elsewhere)."""
-    parts = [torch.empty_like(local) for _ in range(table.world)] if table.rank == 0 else None
-    dist.gather(local.contiguous(), parts, dst=0, group=table.group)
-    return None if parts is None else torch.cat(parts)[: table.num_rows]
+MOMENTS = ("exp_avg", "exp_avg_sq")  # SparseAdam's per-row state
 
 
-def gather_model_state(
-    model: nn.Module, tables: dict[str, ShardedIdTable]
-) -> dict[str, Tensor] | None:
-    """``model.state_dict()`` with full tables, on rank 0; ``None`` on the other ranks.
+def table_rows(local: Tensor, table: ShardedIdTable) -> ShardedTensor:
+    """``local``, this rank's block of a ``[table.num_rows, ...]`` tensor (a table or one of its
+    moments, on the CPU), as the rows it holds of the whole, for DCP (padding rows left out).
 
-    Collective: every rank must call it.
+    Every rank knows the block layout, so the global metadata is built without communication.
     """
-    state = model.state_dict()
-    for name, table in tables.items():
-        full = _gather_rows(state[f"{name}.weight"], table)
-        if full is not None:
-            state[f"{name}.weight"] = full
-    return state if next(iter(tables.values())).rank == 0 else None
+    rest = list(local.shape[1:])
+
+    def rows(rank: int) -> int:
+        return max(0, min(table.block, table.num_rows - rank * table.block))
+
+    shards = [
+        ShardMetadata([r * table.block] + [0] * len(rest), [rows(r), *rest], f"rank:{r}/cpu")
+        for r in range(table.world)
+        if rows(r) > 0
+    ]
+    # Blocks are filled in rank order, so the ranks with rows are the first len(shards).
+    mine = rows(table.rank)
+    local_shards = [Shard(local[:mine], shards[table.rank])] if mine > 0 else []
+    metadata = ShardedTensorMetadata(
+        shards, torch.Size([table.num_rows, *rest]), TensorProperties.create_from_tensor(local)
+    )
+    return ShardedTensor._init_from_local_shards_and_global_metadata(local_shards, metadata)
+
+
+def _param_names(model: nn.Module) -> dict[int, str]:
+    return {id(p): name for name, p in model.named_parameters()}
+
+
+def sharded_state(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, tables: dict[str, ShardedIdTable]
+) -> tuple[dict[str, Tensor], dict[str, Any] | None, dict[str, ShardedTensor]]:
+    """Split the state of ``model`` and of ``optimizer`` (the tables' SparseAdam) for a checkpoint.
+
+    Returns:
+        The model's state dict without the tables, the optimizer's without their moments (what
+        rank 0 writes), and this rank's rows of every table (``<param>``) and moment
+        (``<param>/<moment>``): what every rank writes.
+    """
+    names = _param_names(model)
+    keys = {names[id(t.weight)] for t in tables.values()}
+    model_state = {k: v for k, v in model.state_dict().items() if k not in keys}
+    rows = {names[id(t.weight)]: table_rows(t.weight.detach().cpu(), t) for t in tables.values()}
+    if optimizer is None:
+        return model_state, None, rows
+    full = optimizer.state_dict()
+    opt_state: dict[str, Any] = {"param_groups": full["param_groups"], "state": {}}
+    for index, table in enumerate(_tables_of(optimizer, tables)):
+        entry = full["state"].get(index)
+        if entry is None:
+            continue  # never stepped: nothing to keep
+        opt_state["state"][index] = {"step": entry["step"]}
+        for moment in MOMENTS:
+            rows[f"{names[id(table.weight)]}/{moment}"] = table_rows(entry[moment].cpu(), table)
+    return model_state, opt_state, rows
+
+
+def load_sharded_state(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    tables: dict[str, ShardedIdTable],
+    keys: list[str],
+    model_state: dict[str, Tensor],
+    opt_state: dict[str, Any] | None,
+    read: Callable[[dict[str, Tensor | ShardedTensor]], None],
+) -> None:
+    """Load what :func:`sharded_state` split, into any layout.
+
+    Args:
+        model: with ``tables`` sharded (this rank's rows are read), or unsharded (``tables``
+            empty: whole tables are read, in one process).
+        optimizer: the tables' SparseAdam, or None to load the model only.
+        keys: the parameters the checkpoint keeps row by row (its ``<param>`` keys).
+        model_state, opt_state: rank 0's part (``opt_state`` may be None with no optimizer).
+        read: fills a dict of ``<param>`` / ``<param>/<moment>`` targets in place
+            (:func:`sea_dist.train.checkpoint.load_tables` on the checkpoint).
+    """
+    current = model.state_dict()  # shares storage with the parameters: reads land in them
+    by_key = {f"{name}.weight": t for name, t in tables.items()}
+    staged: dict[str, Tensor] = {}  # CPU tensors DCP fills; copied to the device afterwards
+
+    def target(key: str, param_key: str, local: Tensor) -> Tensor | ShardedTensor:
+        staged[key] = local if local.device.type == "cpu" else torch.empty_like(local, device="cpu")
+        table = by_key.get(param_key)
+        return table_rows(staged[key], table) if table is not None else staged[key]
+
+    targets = {key: target(key, key, current[key]) for key in keys}
+    moments: dict[int, dict[str, Tensor]] = {}
+    if optimizer is not None and opt_state is not None:
+        names = _param_names(model)
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        for index in opt_state["state"]:
+            key = names[id(params[int(index)])]
+            moments[int(index)] = {m: torch.zeros_like(current[key], device="cpu") for m in MOMENTS}
+            for moment, tensor in moments[int(index)].items():
+                targets[f"{key}/{moment}"] = target(f"{key}/{moment}", key, tensor)
+    read(targets)
+    for key in keys:
+        if staged[key] is not current[key]:
+            current[key].copy_(staged[key])
+    model.load_state_dict({**model_state, **{key: current[key] for key in keys}})
+    if optimizer is not None and opt_state is not None:
+        state = {i: {**entry, **moments[int(i)]} for i, entry in opt_state["state"].items()}
+        optimizer.load_state_dict({"param_groups": opt_state["param_groups"], "state": state})
 
 
 def shard_model_state(
@@ -193,25 +287,6 @@ def _tables_of(
     if any(id(p) not in by_param for p in params):
         raise ValueError("the optimizer holds a parameter that is not a sharded table's")
     return [by_param[id(p)] for p in params]
-
-
-def gather_optimizer_state(
-    optimizer: torch.optim.Optimizer, tables: dict[str, ShardedIdTable]
-) -> dict[str, Any] | None:
-    """The state dict of the optimizer over ``tables``' shards, as one over the full tables
-    (rank 0; ``None`` elsewhere). Collective."""
-    state = optimizer.state_dict()
-    full: dict[str, Any] = {"param_groups": state["param_groups"], "state": {}}
-    owners = _tables_of(optimizer, tables)
-    for index, table in enumerate(owners):
-        entry = state["state"].get(index, {})
-        gathered = {}
-        for key in ("exp_avg", "exp_avg_sq"):
-            local = entry.get(key, torch.zeros_like(table.weight))
-            gathered[key] = _gather_rows(local, table)
-        if table.rank == 0:
-            full["state"][index] = {"step": entry.get("step", 0), **gathered}
-    return full if owners[0].rank == 0 else None
 
 
 def shard_optimizer_state(

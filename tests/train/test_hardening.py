@@ -17,7 +17,7 @@ import torch
 
 from sea_dist.config import dump_config, load_config
 from sea_dist.errors import CheckpointError, ConfigError, SeaDistError
-from sea_dist.train.checkpoint import STATE_FILE, load_checkpoint
+from sea_dist.train.checkpoint import STATE_FILE, TABLES_DIR, load_checkpoint, load_tables
 from sea_dist.train.preflight import CHANGES, plan_run_dir
 from sea_dist.train.run_files import RunFiles
 from tests.data.test_verify import _flip_body_bytes
@@ -63,6 +63,54 @@ def test_load_checkpoint_refuses_pickled_code(tmp_path: Path) -> None:
     (tmp_path / STATE_FILE).write_bytes(b"PK\x03\x04 truncated")
     with pytest.raises(CheckpointError, match=str(tmp_path / STATE_FILE)):
         load_checkpoint(tmp_path)
+
+
+def _tables_checkpoint(directory: Path) -> torch.Tensor:
+    """A real one-process DCP checkpoint of one table under ``directory/tables``."""
+    import torch.distributed.checkpoint as dcp
+
+    table = torch.arange(12.0).view(4, 3)
+    writer = dcp.FileSystemWriter(directory / TABLES_DIR)
+    dcp.save({"t.weight": table}, storage_writer=writer, no_dist=True)
+    return table
+
+
+def test_load_tables_refuses_crafted_files(tmp_path: Path) -> None:
+    import pickle
+
+    from torch.distributed.checkpoint.filesystem import _StorageInfo
+
+    table, marker = _tables_checkpoint(tmp_path), tmp_path / "ran"
+    target = {"t.weight": torch.zeros(4, 3)}
+    load_tables(tmp_path, target)
+    assert torch.equal(target["t.weight"], table)
+    root = tmp_path / TABLES_DIR
+    metadata_path, data_path = root / ".metadata", root / "__0_0.distcp"
+    metadata = pickle.loads(metadata_path.read_bytes())  # this test's own file: trusted
+    # The metadata file itself would run a command when unpickled.
+    metadata_path.write_bytes(pickle.dumps(_RunsCode(marker)))
+    with pytest.raises(CheckpointError, match=rf"^{metadata_path}: refused.*posix.system\)$"):
+        load_tables(tmp_path, target)
+    # Genuine metadata, a data file that would run a command.
+    metadata_path.write_bytes(pickle.dumps(metadata))
+    crafted = tmp_path / "crafted.pt"
+    torch.save(_RunsCode(marker), crafted)
+    data_path.write_bytes(crafted.read_bytes())
+    (index,) = metadata.storage_data
+    metadata.storage_data[index] = _StorageInfo("__0_0.distcp", 0, crafted.stat().st_size)
+    metadata_path.write_bytes(pickle.dumps(metadata))
+    with pytest.raises(CheckpointError, match=rf"^{data_path}: refused.*posix.system\)$"):
+        load_tables(tmp_path, target)
+    # Metadata pointing outside the checkpoint is refused before anything is read.
+    metadata.storage_data[index] = _StorageInfo("../crafted.pt", 0, crafted.stat().st_size)
+    metadata_path.write_bytes(pickle.dumps(metadata))
+    with pytest.raises(CheckpointError, match=rf"^{metadata_path}: refused, names a file"):
+        load_tables(tmp_path, target)
+    assert not marker.exists()
+    # A table of another shape does not fit.
+    _tables_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match=r"does not fit this run \(t.weight: stored \(4, 3\)"):
+        load_tables(tmp_path, {"t.weight": torch.zeros(5, 3)})
 
 
 def test_evaluate_refuses_a_planted_best_checkpoint(train_store: Path, tmp_path: Path) -> None:

@@ -2,7 +2,10 @@
 
 Each case spawns ``world`` processes that train the same model on the same per-rank sampled
 batches twice over: with replicated tables (row-sparse gradient sync) and with row-sharded ones
-(all-to-all lookups); rank 0 saves the full parameters of each, and the test compares them.
+(all-to-all lookups). Each run writes its checkpoint as the training loop does (sharded: every
+rank its rows of the tables and moments, through DCP), the test reads it back whole in one
+process, as ``sea-dist evaluate`` does, and compares; resumed runs start from such checkpoints
+on another number of workers.
 """
 
 from __future__ import annotations
@@ -23,14 +26,11 @@ from sea_dist.graph.knn import build_item_graph
 from sea_dist.graph.loader import MiniBatchLoader
 from sea_dist.graph.partition import partition_seed_edges
 from sea_dist.models.registry import build_model
+from sea_dist.data.store import open_store
+from sea_dist.train.checkpoint import load_checkpoint, save_checkpoint, save_tables
+from sea_dist.train.loop import _load_training_state, _training_state
 from sea_dist.train.optim import build_optimizers, fit_estimator
-from sea_dist.train.sharding import (
-    gather_model_state,
-    gather_optimizer_state,
-    shard_model_state,
-    shard_optimizer_state,
-    shard_tables,
-)
+from sea_dist.train.sharding import shard_tables
 from sea_dist.train.sparse_sync import sync_sparse_grads
 
 STEPS = 4
@@ -58,7 +58,6 @@ def _worker(
 ) -> None:
     from torch.nn.parallel import DistributedDataParallel as DDP
 
-    from sea_dist.data.store import open_store
     from sea_dist.train.loop import _dense_parameters
 
     # A collective that never completes fails the test with every thread's stack, not a hang.
@@ -80,20 +79,10 @@ def _worker(
     torch.manual_seed(0)
     dims = {m: int(f.shape[1]) for m, f in features.items()}
     model = build_model(CFGS[model_name], store.num_users, store.num_items, dims)
-    saved = torch.load(start, weights_only=True) if start else None
-    if saved:
-        model.load_state_dict(saved["model"])
     tables = shard_tables(model, rank, world) if sharded else {}
-    if saved and sharded:
-        model.load_state_dict(shard_model_state(saved["model"], tables))
     optimizers = build_optimizers(model, lr=1e-2, estimator_lr=1e-3, sparse_tables=True)
-    if saved:
-        opt_state = saved["tables"]
-        if sharded:
-            opt_state = shard_optimizer_state(optimizers["tables"], opt_state, tables)
-        optimizers["tables"].load_state_dict(opt_state)
-        if optimizers["model"] is not None:
-            optimizers["model"].load_state_dict(saved["model_opt"])
+    if start:  # this rank's rows of whatever layout the checkpoint has
+        _load_training_state(model, optimizers, tables, load_checkpoint(start), start)
     dense = {id(p) for p in _dense_parameters(model)}
     ignored = [n for n, p in model.named_parameters() if id(p) not in dense]
     DDP._set_params_and_buffers_to_ignore_for_model(model, ignored)
@@ -128,14 +117,11 @@ def _worker(
         optimizers["tables"].step()
         if optimizers["model"] is not None:
             optimizers["model"].step()
-    if sharded:
-        state = gather_model_state(model, tables)
-        table_opt = gather_optimizer_state(optimizers["tables"], tables)
-    else:
-        state, table_opt = model.state_dict(), optimizers["tables"].state_dict()
+    state, rows = _training_state(model, optimizers, tables)
+    if rows:
+        save_tables(result, rows)
     if rank == 0:
-        model_opt = optimizers["model"].state_dict() if optimizers["model"] is not None else None
-        torch.save({"model": state, "tables": table_opt, "model_opt": model_opt}, result)
+        save_checkpoint(result, state, "")
     # No destroy_process_group: with gloo it can wait on the store that rank 0 hosts, and rank 0
     # may have exited by then. The process exits right here, which tears the groups down.
     dist.barrier()
@@ -148,8 +134,10 @@ def _train(
     world: int,
     sharded: bool,
     start: Path | None = None,
-) -> dict:
-    out = tmp_path / f"{model_name}-{world}-{'sharded' if sharded else 'replicated'}.pt"
+) -> tuple[dict, Path]:
+    """Train, and return the checkpoint read whole (as :func:`_read_whole`) and its directory."""
+    layout = "sharded" if sharded else "replicated"
+    out = tmp_path / f"{model_name}-{world}-{layout}-from-{start.name if start else 'init'}"
     mp.spawn(
         _worker,
         args=(
@@ -163,7 +151,25 @@ def _train(
         ),
         nprocs=world,
     )
-    return torch.load(out, weights_only=True)
+    return _read_whole(out, store, model_name), out
+
+
+def _read_whole(directory: Path, store_path: Path, model_name: str) -> dict:
+    """A checkpoint loaded into an unsharded model and optimizers, in this one process."""
+    store = open_store(store_path)
+    dims = {m: int(store.features(m).shape[1]) for m in store.modalities}
+    model = build_model(CFGS[model_name], store.num_users, store.num_items, dims)
+    optimizers = build_optimizers(model, lr=1e-2, estimator_lr=1e-3, sparse_tables=True)
+    _load_training_state(model, optimizers, {}, load_checkpoint(directory), directory)
+    opts = {f"{name}_opt": opt.state_dict() for name, opt in optimizers.items() if opt is not None}
+    return {"model": model.state_dict(), "tables": opts.pop("tables_opt"), **opts}
+
+
+def _replicated_layout(whole: dict, directory: Path) -> Path:
+    """``whole`` written as a checkpoint of replicated tables (the format before sharding)."""
+    optimizers = {k.removesuffix("_opt"): v for k, v in whole.items() if k != "model"}
+    save_checkpoint(directory, {"model": whole["model"], "optimizers": optimizers}, "")
+    return directory
 
 
 # A bias feeding a BatchNorm has a gradient of exactly zero in exact arithmetic (the norm removes
@@ -192,8 +198,8 @@ def _assert_same_optimizer(a: dict, b: dict) -> None:
 def test_sharded_tables_train_as_replicated(
     train_store: Path, tmp_path: Path, model_name: str, world: int
 ) -> None:
-    replicated = _train(tmp_path, train_store, model_name, world, sharded=False)
-    sharded = _train(tmp_path, train_store, model_name, world, sharded=True)
+    replicated, _ = _train(tmp_path, train_store, model_name, world, sharded=False)
+    sharded, out = _train(tmp_path, train_store, model_name, world, sharded=True)
     _assert_same(sharded["model"], replicated["model"])
     _assert_same_optimizer(sharded["tables"], replicated["tables"])
     start = build_model(CFGS[model_name], 300, 200, {"image": 32, "text": 24})
@@ -201,15 +207,34 @@ def test_sharded_tables_train_as_replicated(
         start.state_dict()[next(iter(sharded["model"]))],
         sharded["model"][next(iter(sharded["model"]))],
     )
+    # Every rank wrote its own rows; rank 0 wrote neither whole tables nor their moments.
+    assert sorted(p.name for p in (out / "tables").glob("*.distcp")) == [
+        f"__{r}_0.distcp" for r in range(world)
+    ]
+    dense = load_checkpoint(out)
+    assert all(key not in dense["model"] for key in dense["sharded_tables"])
+    assert all(set(entry) == {"step"} for entry in dense["optimizers"]["tables"]["state"].values())
 
 
-def test_two_worker_state_resumes_on_three(train_store: Path, tmp_path: Path) -> None:
-    two = _train(tmp_path, train_store, "lightgcn", 2, sharded=True)
-    start = tmp_path / "two.pt"
-    torch.save(two, start)
-    # From the same state, 3 sharded workers continue exactly as 3 replicated ones.
-    three_sharded = _train(tmp_path, train_store, "lightgcn", 3, sharded=True, start=start)
-    three_replicated = _train(tmp_path, train_store, "lightgcn", 3, sharded=False, start=start)
-    _assert_same(three_sharded["model"], three_replicated["model"])
-    _assert_same_optimizer(three_sharded["tables"], three_replicated["tables"])
-    assert int(three_sharded["tables"]["state"][0]["step"]) == 2 * STEPS
+def _assert_identical(a: dict, b: dict) -> None:
+    """Two whole checkpoints (as :func:`_read_whole` returns) agree to 1e-6 everywhere."""
+    torch.testing.assert_close(a["model"], b["model"], atol=1e-6, rtol=0)
+    for name in a.keys() - {"model"}:
+        assert a[name]["state"].keys() == b[name]["state"].keys(), name
+        torch.testing.assert_close(a[name]["state"], b[name]["state"], atol=1e-6, rtol=0, msg=name)
+
+
+def test_two_worker_checkpoint_resumes_on_three_and_one(train_store: Path, tmp_path: Path) -> None:
+    # SEA: tables, a dense Adam and the CLUB estimator's, all in one checkpoint.
+    two, two_dir = _train(tmp_path, train_store, "sea", 2, sharded=True)
+    whole = _replicated_layout(two, tmp_path / "two-whole")
+    # From the 2-worker DCP checkpoint (resharded on load) and from the same state in the
+    # replicated layout (which test_sharded_tables_train_as_replicated ties to replicated
+    # training), 3 sharded workers continue identically, and so does 1 worker.
+    for world, sharded in ((3, True), (1, False)):
+        resharded, _ = _train(tmp_path, train_store, "sea", world, sharded, start=two_dir)
+        from_whole, _ = _train(tmp_path, train_store, "sea", world, sharded, start=whole)
+        _assert_identical(resharded, from_whole)
+        assert int(resharded["tables"]["state"][0]["step"]) == 2 * STEPS
+        key = "user_weight.weight"
+        assert not torch.equal(resharded["model"][key], two["model"][key])  # it trained on

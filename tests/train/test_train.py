@@ -1,6 +1,7 @@
 """End-to-end training through Ray Train on a real local Ray cluster."""
 
 import json
+import pickle
 import subprocess
 import time
 from pathlib import Path
@@ -8,6 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from tests.train.test_hardening import _RunsCode
 from tests.train.conftest import (
     ROOT, SEA_DIST, epochs_logged, kill, run_train, train_cmd, wait_for, worker_pid,
 )
@@ -76,6 +78,39 @@ def test_row_sharded_tables_train_as_replicated(train_store: Path, tmp_path: Pat
                                capture_output=True, text=True, timeout=300)
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     assert json.loads(evaluated.stdout)["recall@20"] == pytest.approx(sharded["test"]["recall@20"], abs=1e-6)
+    # Each worker reported its own rows; Ray Train merged them into one checkpoint directory.
+    infos = (tmp_path / "sharded" / "ray").glob("checkpoint_*/checkpoint.json")
+    checkpoints = [info.parent for info in infos]
+    assert checkpoints
+    for checkpoint in [*checkpoints, tmp_path / "sharded" / "best_checkpoint"]:
+        files = sorted(p.name for p in (checkpoint / "tables").iterdir())
+        assert files == [".metadata", "__0_0.distcp", "__1_0.distcp"], checkpoint
+    # A crafted tables/.metadata is refused by sea-dist evaluate with one line, and runs nothing.
+    marker = tmp_path / "ran"
+    metadata = tmp_path / "sharded" / "best_checkpoint" / "tables" / ".metadata"
+    metadata.write_bytes(pickle.dumps(_RunsCode(marker)))
+    planted = subprocess.run([SEA_DIST, "evaluate", "--run", str(tmp_path / "sharded")], cwd=ROOT,
+                             capture_output=True, text=True, timeout=300)
+    lines = planted.stderr.strip().splitlines()
+    assert planted.returncode == 2 and len(lines) == 1, planted.stderr[-2000:]
+    assert lines[0].startswith(f"error: {metadata}: refused") and "posix.system" in lines[0]
+    assert not marker.exists()
+
+
+@pytest.mark.slow
+def test_row_sharded_run_resumes_exactly(train_store: Path, tmp_path: Path) -> None:
+    sets = (*QUICK, "train.mode=sampled", "train.workers=2", "train.sampling_threads=1",
+            "train.tables=row_sharded", "train.patience=10")
+    reference = run_train(train_store, tmp_path / "ref", *sets, "train.epochs=2")
+    out = tmp_path / "resumed"
+    run_train(train_store, out, *sets, "train.epochs=1")
+    (out / "report.json").unlink()  # as if the driver had died after epoch 0's checkpoint
+    report = run_train(train_store, out, *sets, "train.epochs=2", extra=("--resume-with-changes",))
+    assert "resumed from epoch 0" in (out / "train.log").read_text()
+    assert report["epochs_run"] == reference["epochs_run"] == 2
+    for split in ("valid", "test"):
+        for key, value in reference[split].items():
+            assert report[split][key] == pytest.approx(value, abs=1e-6), key
 
 
 @pytest.mark.slow
