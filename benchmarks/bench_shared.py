@@ -62,6 +62,7 @@ class _Worker:
         torch.set_num_threads(1)
         self.keep: list[Any] = []
         self.start = _memory()
+        self.stages: dict[str, dict[str, float]] = {}
 
     def setup(self, mode: str, cfg_json: dict, shared: Any, rank: int, world: int, steps: int) -> float:
         from sea_dist.config import RunCfg
@@ -77,6 +78,7 @@ class _Worker:
             data = prepare_data(cfg)
             parts = partition_seed_edges(data.graph, world, method=cfg.train.partition, seed=cfg.train.seed)
             seeds, max_edges = parts.seed_edges(rank), parts.max_part_edges
+        self.stages["data"] = _memory()
         loader = MiniBatchLoader(
             data.graph, data.item_graph, data.features, mode="sampled", fanouts=cfg.train.fanouts,
             num_layers=cfg.model.num_layers, item_hops=cfg.graph.item_hops,
@@ -86,19 +88,23 @@ class _Worker:
         full = full_graph_batch(data.graph, data.item_graph, data.features, cfg.graph.item_hops,
                                 num_layers=cfg.model.num_layers)
         setup_s = time.perf_counter() - began
+        self.stages["loader_and_eval_batch"] = _memory()
         for _ in loader:
             pass
+        self.stages["sampled"] = _memory()
         ones = torch.ones(data.graph.num_nodes, 1)
         torch.sparse.mm(full.blocks[0].adj, ones)  # evaluation reads all of A_hat
         if full.item_graph is not None:
             torch.sparse.mm(full.item_graph.adj, ones)
+        self.stages["eval_blocks_read"] = _memory()
         self.keep = [data, loader, full]
         return setup_s
 
     def measure(self) -> dict[str, Any]:
         now = _memory()
-        return {"start": self.start, "end": now,
-                "growth": {k: now[k] - self.start[k] for k in now}}
+        stages = {name: {k: m[k] - self.start[k] for k in m} for name, m in self.stages.items()}
+        return {"start": self.start, "end": now, "growth": {k: now[k] - self.start[k] for k in now},
+                "growth_by_stage": stages}
 
 
 def main() -> None:
@@ -147,6 +153,8 @@ def main() -> None:
         g = w["growth"]
         print(f"rank {rank}: growth RSS {g['rss_mb']:.0f} MB, USS {g['uss_mb']:.0f} MB, "
               f"PSS {g['pss_mb']:.0f} MB, peak RSS {g['peak_rss_mb']:.0f} MB; setup {setup_s[rank]:.1f} s")
+        for stage, m in w["growth_by_stage"].items():
+            print(f"  after {stage}: RSS {m['rss_mb']:.0f}, USS {m['uss_mb']:.0f}, PSS {m['pss_mb']:.0f} MB")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(result, indent=1))
