@@ -77,7 +77,9 @@ class UserItemGraph:
         }
 
     @classmethod
-    def from_arrays(cls, num_users: int, num_items: int, arrays: Mapping[str, np.ndarray]) -> UserItemGraph:
+    def from_arrays(
+        cls, num_users: int, num_items: int, arrays: Mapping[str, np.ndarray]
+    ) -> UserItemGraph:
         """The graph over ``arrays`` from :meth:`to_arrays`, used as they are (read-only is fine).
 
         Raises:
@@ -87,11 +89,13 @@ class UserItemGraph:
         if missing:
             raise ValueError(f"graph arrays lack {', '.join(sorted(missing))}")
         graph = cls(num_users, num_items, arrays["indptr"], arrays["indices"])
-        sizes = {"indptr": graph.num_nodes + 1, "degrees": graph.num_nodes,
-                 "inv_sqrt_degrees": graph.num_nodes, "weights": len(graph.indices)}
+        nodes = graph.num_nodes
+        sizes = {"indptr": nodes + 1, "degrees": nodes, "inv_sqrt_degrees": nodes,
+                 "weights": len(graph.indices)}
         for name, size in sizes.items():
             if arrays[name].shape != (size,):
-                raise ValueError(f"graph array {name} has shape {arrays[name].shape}, expected ({size},)")
+                shape = arrays[name].shape
+                raise ValueError(f"graph array {name} has shape {shape}, expected ({size},)")
         # The derived arrays fill their cached properties: nothing is recomputed or copied.
         graph.__dict__.update({k: arrays[k] for k in ("weights", "degrees", "inv_sqrt_degrees")})
         return graph
@@ -118,7 +122,8 @@ class UserItemGraph:
 
     @cached_property
     def weights(self) -> np.ndarray:
-        """``[2 E]`` float32 ``A_hat`` entry ``1/sqrt(d_src d_dst)`` of each stored edge (CSC order)."""
+        """``[2 E]`` float32 ``A_hat`` entry ``1/sqrt(d_src d_dst)`` of each stored edge, in CSC
+        order."""
         dst = torch.repeat_interleave(torch.arange(self.num_nodes), tensor_view(self.degrees))
         return self.edge_weights(tensor_view(self.indices), dst).float().numpy()
 

@@ -71,7 +71,9 @@ class ItemGraph:
     indices: np.ndarray
     weights: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
-    _powers: dict[int, ItemGraph] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _powers: dict[int, ItemGraph] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def nnz(self) -> int:
@@ -85,13 +87,14 @@ class ItemGraph:
     def from_arrays(
         cls, num_items: int, arrays: Mapping[str, np.ndarray], info: dict[str, Any] | None = None
     ) -> ItemGraph:
-        """The graph over ``arrays`` from :meth:`to_arrays`, used as they are (read-only is fine)."""
-        if arrays["indptr"].shape != (num_items + 1,) or arrays["indices"].shape != arrays["weights"].shape:
+        """The graph over ``arrays`` from :meth:`to_arrays`, used as they are (read-only or not)."""
+        indptr, indices, weights = arrays["indptr"], arrays["indices"], arrays["weights"]
+        if indptr.shape != (num_items + 1,) or indices.shape != weights.shape:
             raise ValueError(
-                f"item graph arrays of shapes {arrays['indptr'].shape}, {arrays['indices'].shape} "
-                f"and {arrays['weights'].shape} do not form a CSR matrix over {num_items} items"
+                f"item graph arrays of shapes {indptr.shape}, {indices.shape} and "
+                f"{weights.shape} do not form a CSR matrix over {num_items} items"
             )
-        return cls(num_items, arrays["indptr"], arrays["indices"], arrays["weights"], dict(info or {}))
+        return cls(num_items, indptr, indices, weights, dict(info or {}))
 
     def to_torch(self) -> torch.Tensor:
         return torch.sparse_csr_tensor(
@@ -110,7 +113,8 @@ class ItemGraph:
         if hops < 1:
             raise ValueError(f"hops must be >= 1, got {hops}")
         if hops == 1:
-            return ItemGraph(self.num_items, self.indptr, self.indices, self.weights, {**self.info, "hops": 1})
+            info = {**self.info, "hops": 1}
+            return ItemGraph(self.num_items, self.indptr, self.indices, self.weights, info)
         if hops not in self._powers:
             self._powers[hops] = self._power(hops)
         return self._powers[hops]

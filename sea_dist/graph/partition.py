@@ -105,7 +105,9 @@ def _metis(graph: UserItemGraph, num_parts: int) -> np.ndarray:
     # DGL prints progress lines, from Python to stdout and from C++ to the stderr descriptor;
     # keep them out of CLI and benchmark output (the training driver partitions).
     with _native_output_to_log(), contextlib.redirect_stdout(io.StringIO()):
-        parts = dgl.metis_partition_assignment(g, num_parts, balance_ntypes=is_item, balance_edges=True)
+        parts = dgl.metis_partition_assignment(
+            g, num_parts, balance_ntypes=is_item, balance_edges=True
+        )
     return parts.numpy().astype(np.int64)
 
 

@@ -213,14 +213,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         max_steps=cfg.train.max_steps_per_epoch,
         num_threads=cfg.train.sampling_threads,
         # DDP collectives must line up: every rank takes as many steps as the largest part.
-        steps_per_epoch=math.ceil(received.max_part_edges / cfg.train.batch_size) if world > 1 else None,
+        steps_per_epoch=(
+            math.ceil(received.max_part_edges / cfg.train.batch_size) if world > 1 else None
+        ),
     )
     full_batch = full_graph_batch(
         data.graph, data.item_graph, data.features, cfg.graph.item_hops, num_layers=cfg.model.num_layers
     ).to(device)
     evaluator = store_evaluator(store, cfg, device)
     dims = {m: int(data.features[m].shape[1]) for m in data.modalities}
-    model = build_model(cfg.model, store.num_users, store.num_items, dims, received.labels).to(device)
+    labels = received.labels  # SGFD only
+    model = build_model(cfg.model, store.num_users, store.num_items, dims, labels).to(device)
     # Every rank built the same tables from the same seed; each now keeps its own rows only.
     sharded = shard_tables(model, rank, world) if cfg.train.tables == "row_sharded" and world > 1 else {}
     # Sampled steps touch few table rows: sparse grads + SparseAdam. Full-graph steps touch

@@ -89,14 +89,15 @@ def share_training_data(cfg: RunCfg, data: TrainingData) -> SharedData:
     import ray
 
     workers = cfg.train.workers
-    parts = partition_seed_edges(data.graph, workers, method=cfg.train.partition, seed=cfg.train.seed)
-    log.info("partitioned %d training edges over %d workers: %s", data.graph.num_edges, workers, parts.stats)
+    graph = data.graph
+    parts = partition_seed_edges(graph, workers, method=cfg.train.partition, seed=cfg.train.seed)
+    log.info("seed edges over %d workers (%s): %s", workers, parts.method, parts.stats)
     # SGFD's k-means labels read every feature row: once here, not once per worker.
     labels = resolve_item_labels(cfg.model, data.store.labels(), data.features)
     item_graph = data.item_graph
     arrays = ray.put(
         {
-            "graph": data.graph.to_arrays(),
+            "graph": graph.to_arrays(),
             "item_graph": None if item_graph is None else item_graph.to_arrays(),
             "item_graph_info": {} if item_graph is None else item_graph.info,
             "labels": None if labels is None else labels.numpy(),
@@ -121,20 +122,24 @@ def receive_training_data(cfg: RunCfg, shared: SharedData, rank: int, world: int
     import ray
 
     if len(shared.seed_edges) != world:
-        raise ValueError(f"the driver partitioned into {len(shared.seed_edges)} parts for {world} workers")
+        parts = len(shared.seed_edges)
+        raise ValueError(f"the driver partitioned into {parts} parts for {world} workers")
     store = resolve_store(cfg.data.path, cfg.data.cache_dir)
     verify_store_cached(store, cfg.data.cache_dir)
     if store.checksum != shared.checksum:
+        node = ray.get_runtime_context().get_node_id()
         raise DataError(
-            f"{store.path}: content checksum {store.checksum} on node "
-            f"{ray.get_runtime_context().get_node_id()}, but the driver's store has {shared.checksum}"
+            f"{store.path}: content checksum {store.checksum} on node {node}, but the driver's "
+            f"store has {shared.checksum}"
         )
     arrays = ray.get(shared.arrays)
     modalities = cfg.data.modalities or list(store.modalities)
     graph = UserItemGraph.from_arrays(store.num_users, store.num_items, arrays["graph"])
     item_graph = None
     if arrays["item_graph"] is not None:
-        item_graph = ItemGraph.from_arrays(store.num_items, arrays["item_graph"], arrays["item_graph_info"])
+        item_graph = ItemGraph.from_arrays(
+            store.num_items, arrays["item_graph"], arrays["item_graph_info"]
+        )
     features = {m: store.features(m) for m in modalities}
     # A copy (8 bytes per item): the model keeps the labels as a buffer, which loading a
     # checkpoint writes into.
