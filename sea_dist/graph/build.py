@@ -17,28 +17,28 @@ training pairs are kept once (as MMRec's 0/1 interaction matrix does), so ``E`` 
 pairs, and degrees (for ``A_hat = D^-1/2 A D^-1/2``) count distinct neighbours over the FULL
 training graph.
 
-Memory per worker, for ``N = U + I`` nodes and ``E`` training interactions:
+Memory, for ``N = U + I`` nodes and ``E`` training interactions (:meth:`UserItemGraph.to_arrays`):
 
-* shared structure: ``indptr`` ``8 (N + 1)`` bytes + ``indices`` ``2 E x 8`` bytes, i.e.
-  **16 bytes per interaction + 8 per node** (the DGL graph is built on these arrays without
-  a copy: ``dgl.graph(("csc", ...))`` wraps the torch views);
-* private, per worker: degrees and ``1/sqrt(deg)`` (12 bytes per node), and DGL's fused
-  sampler keeps an 8-byte-per-node id map when sampling with more than one thread.
+* ``indptr`` ``8 (N + 1)`` bytes, ``indices`` ``2 E x 8``, the ``A_hat`` entry of every stored
+  edge ``2 E x 4`` (float32, what :meth:`UserItemGraph.full_block` uses), degrees and
+  ``1/sqrt(deg)`` ``16 N``: **24 bytes per interaction + 24 per node**, all read-only. The DGL
+  graph and the full ``A_hat`` block are built on these arrays without a copy.
+* private: DGL's fused sampler keeps an 8-byte-per-node id map when sampling with more than
+  one thread.
 
 Negatives need no extra structure: a user's seen items are its sorted neighbour list.
 
-Sharing between the workers of a node: a :class:`UserItemGraph` pickles as its two numpy
-arrays and nothing else (the DGL graph and derived arrays are rebuilt lazily). ``ray.put``
-stores numpy arrays once per node in the object store and ``ray.get`` hands every worker of
-that node a read-only, zero-copy view, so the 16 bytes per interaction are paid once per node,
-not once per worker; only the per-node private arrays above are per worker.
+Sharing between the workers of a node: the training driver builds the graph once and puts
+:meth:`~UserItemGraph.to_arrays` in Ray's object store; :meth:`~UserItemGraph.from_arrays`
+over what ``ray.get`` returns (read-only numpy views of the node's one shared copy) gives every
+worker the same graph at no memory of its own (see :mod:`sea_dist.train.shared`).
 """
 
 from __future__ import annotations
 
 import warnings
+from collections.abc import Mapping
 from functools import cached_property
-from typing import Any
 
 import dgl
 import numpy as np
@@ -66,12 +66,39 @@ class UserItemGraph:
         self.indptr = indptr
         self.indices = indices
 
-    # Pickle (and ray.put) only the shared arrays; everything else is cheap to rebuild.
-    def __getstate__(self) -> dict[str, Any]:
-        return {k: self.__dict__[k] for k in ("num_users", "num_items", "indptr", "indices")}
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Every array the graph reads, for :meth:`from_arrays` (derived ones computed now)."""
+        return {
+            "indptr": self.indptr,
+            "indices": self.indices,
+            "weights": self.weights,
+            "degrees": self.degrees,
+            "inv_sqrt_degrees": self.inv_sqrt_degrees,
+        }
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
+    @classmethod
+    def from_arrays(
+        cls, num_users: int, num_items: int, arrays: Mapping[str, np.ndarray]
+    ) -> UserItemGraph:
+        """The graph over ``arrays`` from :meth:`to_arrays`, used as they are (read-only is fine).
+
+        Raises:
+            ValueError: an array is missing or does not fit ``num_users + num_items`` nodes.
+        """
+        missing = {"indptr", "indices", "weights", "degrees", "inv_sqrt_degrees"} - set(arrays)
+        if missing:
+            raise ValueError(f"graph arrays lack {', '.join(sorted(missing))}")
+        graph = cls(num_users, num_items, arrays["indptr"], arrays["indices"])
+        nodes = graph.num_nodes
+        sizes = {"indptr": nodes + 1, "degrees": nodes, "inv_sqrt_degrees": nodes,
+                 "weights": len(graph.indices)}
+        for name, size in sizes.items():
+            if arrays[name].shape != (size,):
+                shape = arrays[name].shape
+                raise ValueError(f"graph array {name} has shape {shape}, expected ({size},)")
+        # The derived arrays fill their cached properties: nothing is recomputed or copied.
+        graph.__dict__.update({k: arrays[k] for k in ("weights", "degrees", "inv_sqrt_degrees")})
+        return graph
 
     @property
     def num_nodes(self) -> int:
@@ -88,19 +115,22 @@ class UserItemGraph:
         return np.diff(self.indptr)
 
     @cached_property
-    def inv_sqrt_degrees(self) -> torch.Tensor:
+    def inv_sqrt_degrees(self) -> np.ndarray:
         """``[U + I]`` float64 ``1/sqrt(deg)``, 0 for isolated nodes (they have no edges)."""
-        deg = torch.from_numpy(self.degrees).double()
-        return torch.where(deg > 0, deg.rsqrt(), torch.zeros_like(deg))
+        deg = tensor_view(self.degrees).double()
+        return torch.where(deg > 0, deg.rsqrt(), torch.zeros_like(deg)).numpy()
+
+    @cached_property
+    def weights(self) -> np.ndarray:
+        """``[2 E]`` float32 ``A_hat`` entry ``1/sqrt(d_src d_dst)`` of each stored edge, in CSC
+        order."""
+        dst = torch.repeat_interleave(torch.arange(self.num_nodes), tensor_view(self.degrees))
+        return self.edge_weights(tensor_view(self.indices), dst).float().numpy()
 
     @cached_property
     def dgl_graph(self) -> dgl.DGLGraph:
         """The structure as a DGL graph on the same memory, restricted to CSC (in-edges)."""
-        with warnings.catch_warnings():
-            # Arrays from ray.get are read-only; DGL only reads them.
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            indptr = torch.from_numpy(self.indptr)
-            indices = torch.from_numpy(self.indices)
+        indptr, indices = tensor_view(self.indptr), tensor_view(self.indices)
         graph = dgl.graph(("csc", (indptr, indices, torch.empty(0, dtype=torch.int64))),
                           num_nodes=self.num_nodes)
         return graph.formats("csc")
@@ -124,7 +154,7 @@ class UserItemGraph:
 
     def edge_weights(self, src: torch.Tensor, dst: torch.Tensor) -> torch.Tensor:
         """``1/sqrt(d_src d_dst)`` for global node ids (float64)."""
-        inv = self.inv_sqrt_degrees
+        inv = tensor_view(self.inv_sqrt_degrees)
         return inv[src] * inv[dst]
 
     def full_block(self) -> Block:
@@ -133,16 +163,29 @@ class UserItemGraph:
 
     @cached_property
     def _full_block(self) -> Block:
-        indptr = torch.from_numpy(np.array(self.indptr))
-        indices = torch.from_numpy(np.array(self.indices))
-        dst = torch.repeat_interleave(torch.arange(self.num_nodes), indptr.diff())
-        values = self.edge_weights(indices, dst).float()
-        adj = torch.sparse_csr_tensor(indptr, indices, values, (self.num_nodes, self.num_nodes))
+        # On the graph's own arrays (shared ones included): no second normalised adjacency.
+        adj = torch.sparse_csr_tensor(
+            tensor_view(self.indptr),
+            tensor_view(self.indices),
+            tensor_view(self.weights),
+            (self.num_nodes, self.num_nodes),
+        )
         return Block(src_nodes=torch.arange(self.num_nodes), num_dst=self.num_nodes, adj=adj)
 
     def structure_bytes(self) -> int:
-        """Bytes of the shared structure (``indptr`` + ``indices``)."""
+        """Bytes of the structure (``indptr`` + ``indices``)."""
         return int(self.indptr.nbytes + self.indices.nbytes)
+
+
+def tensor_view(array: np.ndarray) -> torch.Tensor:
+    """``torch.from_numpy(array)`` without a copy, also for read-only arrays.
+
+    ``ray.get`` and memory maps give read-only arrays; torch cannot mark a tensor read-only and
+    warns. The graph layer only reads such views (never an in-place op), so the warning is moot.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        return torch.from_numpy(array)
 
 
 def build_graph(

@@ -16,6 +16,10 @@ Two ways to find the neighbours:
 
 Neighbour lists are cached on disk per modality, keyed by the caller's key (the store checksum
 and modality names), the modality's position, k, the method and its parameters.
+
+An :class:`ItemGraph` is three arrays (:meth:`ItemGraph.to_arrays`), which the training driver
+shares with its workers through Ray's object store; ``S^1`` is ``S`` itself, on the same
+arrays, so the default one-hop runs hold the item graph once per node.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ import numpy as np
 import torch
 
 from sea_dist.data.schema import IMAGE
+from sea_dist.graph.build import tensor_view
 
 log = logging.getLogger(__name__)
 
@@ -66,23 +71,55 @@ class ItemGraph:
     indices: np.ndarray
     weights: np.ndarray
     info: dict[str, Any] = field(default_factory=dict)
+    _powers: dict[int, ItemGraph] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @property
     def nnz(self) -> int:
         return int(len(self.indices))
 
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """The CSR arrays, for :meth:`from_arrays`."""
+        return {"indptr": self.indptr, "indices": self.indices, "weights": self.weights}
+
+    @classmethod
+    def from_arrays(
+        cls, num_items: int, arrays: Mapping[str, np.ndarray], info: dict[str, Any] | None = None
+    ) -> ItemGraph:
+        """The graph over ``arrays`` from :meth:`to_arrays`, used as they are (read-only or not)."""
+        indptr, indices, weights = arrays["indptr"], arrays["indices"], arrays["weights"]
+        if indptr.shape != (num_items + 1,) or indices.shape != weights.shape:
+            raise ValueError(
+                f"item graph arrays of shapes {indptr.shape}, {indices.shape} and "
+                f"{weights.shape} do not form a CSR matrix over {num_items} items"
+            )
+        return cls(num_items, indptr, indices, weights, dict(info or {}))
+
     def to_torch(self) -> torch.Tensor:
         return torch.sparse_csr_tensor(
-            torch.from_numpy(self.indptr),
-            torch.from_numpy(self.indices),
-            torch.from_numpy(self.weights),
+            tensor_view(self.indptr),
+            tensor_view(self.indices),
+            tensor_view(self.weights),
             (self.num_items, self.num_items),
         )
 
     def power(self, hops: int) -> ItemGraph:
-        """``S^hops`` (``hops >= 1``): the operator a ``hops``-step item propagation applies."""
+        """``S^hops`` (``hops >= 1``): the operator a ``hops``-step item propagation applies.
+
+        ``S^1`` shares this graph's arrays; a higher power is computed once per graph object
+        (the loader and evaluation share it).
+        """
         if hops < 1:
             raise ValueError(f"hops must be >= 1, got {hops}")
+        if hops == 1:
+            info = {**self.info, "hops": 1}
+            return ItemGraph(self.num_items, self.indptr, self.indices, self.weights, info)
+        if hops not in self._powers:
+            self._powers[hops] = self._power(hops)
+        return self._powers[hops]
+
+    def _power(self, hops: int) -> ItemGraph:
         s = self.to_torch().to_sparse_coo().double()
         out = s
         for _ in range(hops - 1):

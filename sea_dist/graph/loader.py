@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import threading
-import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -33,7 +32,7 @@ import numpy as np
 import torch
 
 from sea_dist.graph.batch import Block, MiniBatch
-from sea_dist.graph.build import UserItemGraph
+from sea_dist.graph.build import UserItemGraph, tensor_view
 from sea_dist.graph.knn import ItemGraph
 from sea_dist.graph.sampler import (
     BlockSampler,
@@ -83,7 +82,7 @@ def _full_item_block(num_users: int, item_hop: ItemGraph) -> Block:
     adj = torch.sparse_csr_tensor(
         torch.from_numpy(crow),
         torch.from_numpy(item_hop.indices + num_users),
-        torch.from_numpy(item_hop.weights),
+        tensor_view(item_hop.weights),
         (num_nodes, num_nodes),
     )
     return Block(src_nodes=torch.arange(num_nodes), num_dst=num_nodes, adj=adj)
@@ -112,7 +111,7 @@ class _FullGraph:
         # Views of the store's read-only memory maps in their own dtype, not float32 copies:
         # the pages are shared by every worker of a node through the page cache, and the
         # models cast what they read. Nothing writes to them.
-        self.features = {m: _read_only_tensor(f) for m, f in features.items()}
+        self.features = {m: tensor_view(f) for m, f in features.items()}
 
     def batch(self, users: np.ndarray, pos: np.ndarray, neg: np.ndarray) -> MiniBatch:
         num_users = self.graph.num_users
@@ -129,12 +128,6 @@ class _FullGraph:
             item_graph=self.item_block,
             item_features=self.features,
         )
-
-
-def _read_only_tensor(array: np.ndarray) -> torch.Tensor:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        return torch.from_numpy(array)
 
 
 def full_graph_batch(

@@ -15,7 +15,12 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
+import os
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,6 +29,8 @@ import numpy as np
 import torch
 
 from sea_dist.graph.build import UserItemGraph
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -95,10 +102,33 @@ def _metis(graph: UserItemGraph, num_parts: int) -> np.ndarray:
         num_nodes=graph.num_nodes,
     )
     is_item = (torch.arange(graph.num_nodes) >= graph.num_users).long()
-    # DGL prints progress lines to stdout; keep them out of CLI and benchmark output.
-    with contextlib.redirect_stdout(io.StringIO()):
-        parts = dgl.metis_partition_assignment(g, num_parts, balance_ntypes=is_item, balance_edges=True)
+    # DGL prints progress lines, from Python to stdout and from C++ to the stderr descriptor;
+    # keep them out of CLI and benchmark output (the training driver partitions).
+    with _native_output_to_log(), contextlib.redirect_stdout(io.StringIO()):
+        parts = dgl.metis_partition_assignment(
+            g, num_parts, balance_ntypes=is_item, balance_edges=True
+        )
     return parts.numpy().astype(np.int64)
+
+
+@contextlib.contextmanager
+def _native_output_to_log() -> Iterator[None]:
+    """Send what native code writes to file descriptors 1 and 2 to this module's log."""
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    with tempfile.TemporaryFile() as capture:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd in saved:
+            os.dup2(capture.fileno(), fd)
+        try:
+            yield
+        finally:
+            for fd, copy in saved.items():
+                os.dup2(copy, fd)
+                os.close(copy)
+            capture.seek(0)
+            for line in capture.read().decode(errors="replace").splitlines():
+                log.info("%s", line)
 
 
 def partition_stats(

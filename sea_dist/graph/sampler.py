@@ -30,7 +30,7 @@ import torch
 
 from sea_dist.errors import DataError
 from sea_dist.graph.batch import Block, MiniBatch
-from sea_dist.graph.build import UserItemGraph
+from sea_dist.graph.build import UserItemGraph, tensor_view
 from sea_dist.graph.knn import ItemGraph
 
 Fanout = Union[int, str]
@@ -202,7 +202,7 @@ class BlockSampler:
         src, dst = block.edges()
         dst_ids = src_ids[dst]  # destination nodes are a prefix of the source nodes
         sampled = torch.bincount(dst, minlength=num_dst).double()
-        degrees = torch.from_numpy(self.graph.degrees)
+        degrees = tensor_view(self.graph.degrees)
         weight = self.graph.edge_weights(src_ids[src], dst_ids)
         weight = weight * degrees[dst_ids].double() / sampled[dst]
         return Block.from_edges(src_ids, num_dst, src, dst, weight)

@@ -2,7 +2,8 @@
 
 Flow (one worker of ``world_size``):
 
-    store -> user-item graph + item kNN graph -> this rank's seed edges (partition)
+    the driver's shared arrays (user-item graph, item kNN graph, this rank's seed edges; see
+    :mod:`sea_dist.train.shared`) + the store's feature memory maps
       -> MiniBatchLoader -> model (dense params in DDP, ID tables synced row-sparse)
       -> epochs: BPR steps (+ CLUB estimator steps) -> validate -> report + checkpoint
       -> best-valid model -> test -> report.json, embeddings (rank 0)
@@ -17,7 +18,6 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +35,9 @@ from sea_dist.eval.inference import (
     gather_users,
     layerwise_embeddings,
 )
-from sea_dist.graph.build import UserItemGraph, build_graph
+from sea_dist.graph.build import build_graph
 from sea_dist.graph.knn import ItemGraph, build_item_graph, modality_weights
 from sea_dist.graph.loader import MiniBatchLoader
-from sea_dist.graph.partition import partition_seed_edges
 from sea_dist.graph.slices import GraphSlices
 from sea_dist.models.base import Recommender
 from sea_dist.models.registry import build_model, resolve_item_labels
@@ -61,28 +60,19 @@ from sea_dist.train.sharding import (
     sharded_state,
     take_bytes_sent,
 )
+from sea_dist.train.shared import TrainingData, receive_training_data
 from sea_dist.train.sparse_sync import sync_sparse_grads
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class TrainingData:
-    """Everything derived from the store that a worker needs; built the same way everywhere."""
-
-    store: Store
-    modalities: list[str]
-    graph: UserItemGraph
-    item_graph: ItemGraph | None
-    features: dict[str, np.ndarray]
-
-
 def prepare_data(cfg: RunCfg) -> TrainingData:
     """Open (or import) the store and build the graphs; the kNN graph is cached on disk.
 
-    The driver calls this once before launching workers so that the import, the content
-    verification and the kNN build happen once; workers then hit the caches. Content is
-    verified before the kNN graph is built, so a corrupt feature file never reaches its cache.
+    The driver calls this once and shares the result with its workers
+    (:mod:`sea_dist.train.shared`), so the import, the content verification, the graph and the
+    kNN build happen once per run; ``sea-dist evaluate`` calls it in its own process. Content
+    is verified before the kNN graph is built, so a corrupt feature file never reaches its cache.
     """
     store = resolve_store(cfg.data.path, cfg.data.cache_dir)
     verify_store_cached(store, cfg.data.cache_dir)
@@ -226,9 +216,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     torch.manual_seed(cfg.train.seed)
     np.random.seed(cfg.train.seed)
 
-    data = prepare_data(cfg)
+    # The graphs, seed edges and labels the driver built once, mapped from the node's object
+    # store (read-only, shared by the node's workers); features stay the store's memory maps.
+    received = receive_training_data(cfg, config["shared"], rank, world)
+    data = received.data
     store = data.store
-    parts = partition_seed_edges(data.graph, world, method=cfg.train.partition, seed=cfg.train.seed)
     loader = MiniBatchLoader(
         data.graph,
         data.item_graph,
@@ -241,16 +233,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         num_negatives=cfg.train.num_negatives,
         negatives=cfg.train.negatives,
         seed=cfg.train.seed + 7919 * rank,
-        seed_edges=parts.seed_edges(rank),
+        seed_edges=received.seed_edges,
         max_steps=cfg.train.max_steps_per_epoch,
         num_threads=cfg.train.sampling_threads,
         # DDP collectives must line up: every rank takes as many steps as the largest part.
-        steps_per_epoch=math.ceil(parts.max_part_edges / cfg.train.batch_size) if world > 1 else None,
+        steps_per_epoch=(
+            math.ceil(received.max_part_edges / cfg.train.batch_size) if world > 1 else None
+        ),
     )
     slices = GraphSlices(data.graph, data.item_graph, data.features, cfg.graph.item_hops)
     evaluator = store_evaluator(store, cfg, device)
     dims = {m: int(data.features[m].shape[1]) for m in data.modalities}
-    labels = resolve_item_labels(cfg.model, store.labels(), data.features)  # SGFD only
+    labels = received.labels  # SGFD only
     model = build_model(cfg.model, store.num_users, store.num_items, dims, labels).to(device)
     # Every rank built the same tables from the same seed; each now keeps its own rows only.
     sharded = shard_tables(model, rank, world) if cfg.train.tables == "row_sharded" and world > 1 else {}

@@ -24,7 +24,7 @@ from sea_dist.config import RunCfg, dump_config, load_config
 from sea_dist.errors import ConfigError, SeaDistError
 from sea_dist.io import atomic_write_text
 from sea_dist.models.registry import build_model, item_label_source
-from sea_dist.train.loop import TrainingData
+from sea_dist.train.shared import TrainingData
 from sea_dist.train.run_files import CONFIG, METRICS, REPORT
 
 CHANGES = "config_changes.jsonl"

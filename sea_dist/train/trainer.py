@@ -1,9 +1,11 @@
 """Driver side of ``sea-dist train``: a Ray Train ``TorchTrainer`` built from the config.
 
 The driver checks the run before anything starts (:mod:`sea_dist.train.preflight`: the run
-directory, the config against the data, the store's content), resolves the data once (import,
-kNN cache), records the resolved config in the run directory, starts or joins a Ray cluster,
-and runs :func:`~sea_dist.train.loop.train_loop_per_worker` on ``train.workers`` workers.
+directory, the config against the data, the store's content), builds the data once (import,
+graphs, kNN cache), records the resolved config in the run directory, starts or joins a Ray
+cluster, partitions the seed edges and puts the read-only arrays in the object store
+(:mod:`sea_dist.train.shared`), and runs :func:`~sea_dist.train.loop.train_loop_per_worker`
+on ``train.workers`` workers, which map the arrays instead of building them.
 Metrics reach the driver through a ``UserCallback`` on the Train controller and a Ray queue,
 and are shown as a live progress bar; log records go to the run's ``train.log``. Re-running
 with the same output directory and config resumes from the run's latest checkpoint (Ray Train
@@ -34,6 +36,7 @@ from sea_dist.errors import ConfigError, SeaDistError, TrainingFailed
 from sea_dist.train.loop import prepare_data, train_loop_per_worker
 from sea_dist.train.preflight import check_run, plan_run_dir
 from sea_dist.train.run_files import CHECKPOINT_SCORE, LOG, RAY_STORAGE, REPORT
+from sea_dist.train.shared import SharedData, share_training_data
 
 log = logging.getLogger(__name__)
 
@@ -139,19 +142,22 @@ def run_training(
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"workers": workers})})
     cfg = _absolute_paths(cfg)
     plan = plan_run_dir(out, cfg, allow_changes=resume_with_changes)
-    # Import, verification and the kNN cache happen once, before N workers race for them.
+    # Import, verification, the graphs and the kNN cache: once, for every worker.
     data = prepare_data(cfg)
     check_run(cfg, data)
-    del data
     plan.apply(cfg)
 
     with _log_to(out / LOG):
         local = not (address or os.environ.get("RAY_ADDRESS"))
         _connect(address, cfg.train.workers)
-        return _fit(cfg, out, local=local, progress=progress, started=started)
+        shared = share_training_data(cfg, data)
+        del data  # the object store holds the arrays now; ``shared`` keeps them for the run
+        return _fit(cfg, out, shared, local=local, progress=progress, started=started)
 
 
-def _fit(cfg: RunCfg, out: Path, *, local: bool, progress: bool, started: float) -> dict[str, Any]:
+def _fit(
+    cfg: RunCfg, out: Path, shared: SharedData, *, local: bool, progress: bool, started: float
+) -> dict[str, Any]:
     num_workers = cfg.train.workers
     resources = ray.cluster_resources()
     gpus = resources.get("GPU", 0)
@@ -170,6 +176,7 @@ def _fit(cfg: RunCfg, out: Path, *, local: bool, progress: bool, started: float)
             "threads": threads,
             "log_level": logging.getLogger().getEffectiveLevel(),
             "started_at": started,
+            "shared": shared,
         },
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ScalingConfig(

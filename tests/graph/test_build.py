@@ -1,10 +1,11 @@
-import pickle
+import warnings
 
 import numpy as np
 import pytest
 import torch
 
-from sea_dist.graph.build import build_graph
+from sea_dist.graph.build import UserItemGraph, build_graph
+from sea_dist.graph.sampler import BlockSampler
 from tests.graph.conftest import dense_a_hat, read_inter
 
 
@@ -42,20 +43,45 @@ def test_full_block_is_symmetric_normalised_adjacency(small):
     np.testing.assert_allclose(block.adj.to_dense().numpy(), expected, rtol=1e-6)
 
 
-def test_dgl_graph_shares_memory_and_pickle_carries_only_arrays(small):
+def _read_only(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Copies flagged read-only, as ``ray.get`` returns arrays."""
+    out = {k: v.copy() for k, v in arrays.items()}
+    for v in out.values():
+        v.setflags(write=False)
+    return out
+
+
+def test_graph_from_its_arrays_is_the_same_graph_on_the_same_memory(small):
     g = build_graph(small.num_users, small.num_items, small.users, small.items)
-    indptr, indices, _ = g.dgl_graph.adj_tensors("csc")
-    assert indptr.data_ptr() == g.indptr.ctypes.data
-    assert indices.data_ptr() == g.indices.ctypes.data
-    g.full_block()
-    clone = pickle.loads(pickle.dumps(g))
-    assert set(vars(clone)) == {"num_users", "num_items", "indptr", "indices"}
-    np.testing.assert_array_equal(clone.dgl_graph.in_degrees().numpy(), g.degrees)
-    # Read-only arrays (as ray.get returns them) work too.
-    clone.indptr.setflags(write=False)
-    clone.indices.setflags(write=False)
-    del clone.__dict__["dgl_graph"]
-    assert clone.dgl_graph.num_edges() == 2 * g.num_edges
+    arrays = _read_only(g.to_arrays())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "not writable" warning from torch either
+        clone = UserItemGraph.from_arrays(small.num_users, small.num_items, arrays)
+        dgl_indptr, dgl_indices, _ = clone.dgl_graph.adj_tensors("csc")
+        adj = clone.full_block().adj
+        sampler = BlockSampler(clone, [2, "all"])
+        _, blocks = sampler.sample(np.array([0, 1, small.num_users]))
+    # Nothing derived was recomputed or copied: the DGL graph, A_hat and degrees are views.
+    assert dgl_indptr.data_ptr() == arrays["indptr"].ctypes.data
+    assert dgl_indices.data_ptr() == arrays["indices"].ctypes.data
+    assert adj.crow_indices().data_ptr() == arrays["indptr"].ctypes.data
+    assert adj.col_indices().data_ptr() == arrays["indices"].ctypes.data
+    assert adj.values().data_ptr() == arrays["weights"].ctypes.data
+    assert clone.degrees is arrays["degrees"] and clone.inv_sqrt_degrees is arrays["inv_sqrt_degrees"]
+    # ... and equal to what the graph computes for itself.
+    np.testing.assert_array_equal(adj.to_dense().numpy(), g.full_block().adj.to_dense().numpy())
+    np.testing.assert_array_equal(clone.degrees, np.diff(g.indptr))
+    assert clone.num_edges == g.num_edges and len(blocks) == 2
+    assert all(not a.flags.writeable for a in arrays.values())
+
+
+def test_from_arrays_refuses_arrays_of_another_graph(small):
+    g = build_graph(small.num_users, small.num_items, small.users, small.items)
+    with pytest.raises(ValueError, match="graph array indptr has shape"):
+        UserItemGraph.from_arrays(small.num_users + 1, small.num_items, g.to_arrays())
+    with pytest.raises(ValueError, match="lack weights"):
+        UserItemGraph.from_arrays(small.num_users, small.num_items,
+                                  {k: v for k, v in g.to_arrays().items() if k != "weights"})
 
 
 @pytest.mark.parametrize("users,items,match", [

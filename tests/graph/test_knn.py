@@ -112,7 +112,25 @@ def test_power_equals_dense_matrix_power():
     dense = graph.to_torch().to_dense().double()
     two = graph.power(2)
     np.testing.assert_allclose(two.to_torch().to_dense().numpy(), (dense @ dense).numpy(), rtol=1e-6)
-    assert graph.power(1).nnz == graph.nnz
+    assert graph.power(2) is two  # computed once per graph: the loader and evaluation share it
+    one = graph.power(1)
+    assert one.indices is graph.indices and one.weights is graph.weights  # S itself, no copy
+    computed = graph._power(1)
+    for name in ("indptr", "indices", "weights"):
+        np.testing.assert_array_equal(getattr(one, name), getattr(computed, name))
+
+
+def test_item_graph_from_its_arrays():
+    graph = build_item_graph({"image": np.random.default_rng(4).standard_normal((30, 5))}, None, 3,
+                             "exact", 100)
+    arrays = {k: v.copy() for k, v in graph.to_arrays().items()}
+    for v in arrays.values():
+        v.setflags(write=False)
+    clone = knn.ItemGraph.from_arrays(30, arrays, graph.info)
+    assert clone.indices is arrays["indices"] and clone.info == graph.info
+    np.testing.assert_array_equal(clone.to_torch().to_dense().numpy(), graph.to_torch().to_dense().numpy())
+    with pytest.raises(ValueError, match="do not form a CSR matrix over 31 items"):
+        knn.ItemGraph.from_arrays(31, arrays)
 
 
 def test_ann_recall_is_measured_and_high():

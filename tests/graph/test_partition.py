@@ -57,6 +57,16 @@ def test_edge_cut_and_balance():
     assert partition_seed_edges(graph, 1, "metis").stats["edge_cut"] == 0
 
 
+def test_metis_prints_nothing(capfd, caplog):
+    """The training driver partitions: DGL's progress lines (C++ ones on the stderr descriptor
+    included) go to the log, not the console."""
+    graph = planted(4, 30, 20, seed=0)
+    with caplog.at_level("INFO", logger="sea_dist.graph.partition"):
+        partition_seed_edges(graph, 4, method="metis")
+    assert capfd.readouterr() == ("", "")
+    assert any("edge cuts" in r.getMessage() for r in caplog.records)
+
+
 def test_bad_arguments():
     graph = planted(2, 5, 10, seed=0)
     with pytest.raises(ValueError, match="num_parts"):
