@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from sea_dist.graph.batch import Block
-from sea_dist.graph.build import UserItemGraph
+from sea_dist.graph.build import UserItemGraph, tensor_view
 from sea_dist.graph.knn import ItemGraph
 from sea_dist.graph.loader import gather_rows
 
@@ -49,9 +49,10 @@ def row_block(
 class GraphSlices:
     """What layer-wise inference reads: row blocks of ``A_hat`` and ``S^hops``, feature rows.
 
-    Holds the training graph's structure (no normalised copy: weights are computed per range
-    from the degrees), the item hop ``S^hops`` when the run has one, and the store's feature
-    matrices as given (memory maps stay memory maps).
+    Holds the training graph (its per-edge ``A_hat`` entries are sliced by row range, the
+    same array the loader and the driver's shared copy hold: no normalised copy), the item hop
+    ``S^hops`` when the run has one, and the store's feature matrices as given (memory maps
+    stay memory maps).
 
     Args:
         graph: the training graph.
@@ -84,18 +85,15 @@ class GraphSlices:
     def node_block(self, start: int, stop: int) -> Block:
         """Rows ``[start, stop)`` of ``A_hat`` (global node ids), weights ``1/sqrt(d_u d_i)``."""
         g = self.graph
-        cols = torch.from_numpy(np.asarray(g.indices[g.indptr[start] : g.indptr[stop]]))
-        dst = torch.repeat_interleave(
-            torch.arange(start, stop), torch.from_numpy(np.diff(g.indptr[start : stop + 1]))
-        )
-        return row_block(start, stop, g.indptr, g.indices, g.edge_weights(cols, dst).float())
+        weights = tensor_view(g.weights[g.indptr[start] : g.indptr[stop]])
+        return row_block(start, stop, g.indptr, g.indices, weights)
 
     def item_block(self, start: int, stop: int) -> Block:
         """Rows ``[start, stop)`` of ``S^hops`` (item ids, not offset by ``num_users``)."""
         if self.item_hop is None:
             raise ValueError("this run has no item hop")
         s = self.item_hop
-        weights = torch.from_numpy(s.weights[s.indptr[start] : s.indptr[stop]])
+        weights = tensor_view(s.weights[s.indptr[start] : s.indptr[stop]])
         return row_block(start, stop, s.indptr, s.indices, weights)
 
     def item_features(self, nodes: Tensor) -> dict[str, Tensor]:
