@@ -1,13 +1,10 @@
 import json
 import math
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from sea_dist.eval.evaluator import EarlyStopping, Evaluator
 from tests.eval.reference import (
@@ -17,6 +14,7 @@ from tests.eval.reference import (
     reference_per_user,
     reference_users,
 )
+from tests.ranks import run_ranks
 
 KS = [1, 5, 20, 50]  # 50 is more than the 40 items
 
@@ -172,33 +170,19 @@ def test_bad_evaluate_input_is_named() -> None:
         evaluator.evaluate(torch.ones(4, 2), torch.ones(3, 2), "valid", users_sample=0)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _sharded_worker(rank: int, world: int, out_dir: str) -> None:
+    case = make_case(7)
+    evaluator = _evaluator(case, batch_users=16)
+    emb = _embeddings(case)
+    result = {
+        "full": evaluator.evaluate(*emb, "valid"),
+        "sampled": evaluator.evaluate(*emb, "test", users_sample=41, seed=3),
+    }
+    Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
 
 
-def _sharded_worker(rank: int, world: int, port: int, out_dir: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    try:
-        torch.set_num_threads(1)
-        case = make_case(7)
-        evaluator = _evaluator(case, batch_users=16)
-        emb = _embeddings(case)
-        result = {
-            "full": evaluator.evaluate(*emb, "valid"),
-            "sampled": evaluator.evaluate(*emb, "test", users_sample=41, seed=3),
-        }
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
-    finally:
-        dist.destroy_process_group()
-
-
-@pytest.mark.timeout(120)  # a collective that never returns fails here, not at the suite limit
 def test_two_ranks_match_one_process(tmp_path: Path) -> None:
-    mp.spawn(_sharded_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    run_ranks(_sharded_worker, 2, str(tmp_path), timeout_s=100)
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0] == ranks[1]
     case = make_case(7)

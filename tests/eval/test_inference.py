@@ -6,14 +6,10 @@ with every user's rows. Chunks are small here so that every layer spans several 
 
 from __future__ import annotations
 
-import faulthandler
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from sea_dist.config import LightGCNCfg, MENTORCfg, SEACfg, SGFDCfg, VBPRCfg
 from sea_dist.eval.evaluator import Evaluator
@@ -23,6 +19,7 @@ from sea_dist.graph.knn import build_item_graph
 from sea_dist.graph.loader import full_graph_batch
 from sea_dist.graph.slices import GraphSlices
 from sea_dist.models.registry import build_model, resolve_item_labels
+from tests.ranks import run_ranks
 
 MODELS = {
     "lightgcn": LightGCNCfg(embedding_dim=16),
@@ -157,58 +154,40 @@ def _evaluator(store) -> Evaluator:
     )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _worker(rank: int, world: int, port: int, store_path: str, out_dir: str) -> None:
+def _worker(rank: int, world: int, store_path: str, out_dir: str) -> None:
     from sea_dist.data.store import open_store
     from sea_dist.train.sharding import shard_tables
 
-    # A collective that never completes fails the test with every thread's stack, not a hang.
-    faulthandler.dump_traceback_later(150, exit=True)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    try:
-        torch.set_num_threads(1)
-        store = open_store(store_path)
-        graph, item_graph, features = parts(store)
-        evaluator = _evaluator(store)
-        for name, sharded in DIST_MODELS.items():
-            cfg = MODELS[name]
-            model = make_model(store, features, cfg)
-            if sharded:
-                shard_tables(model, rank, world)
-            slices = GraphSlices(graph, item_graph, features, item_hops(cfg))
-            emb = layerwise_embeddings(model, slices, chunk_nodes=33)
-            metrics = {
-                split: evaluator.evaluate(emb.users, emb.items, split, user_start=emb.user_start)
-                for split in ("valid", "test")
-            }
-            metrics["sampled"] = evaluator.evaluate(
-                emb.users, emb.items, "test", user_start=emb.user_start, **SAMPLE
-            )
-            out = {
-                "user_start": emb.user_start, "users": emb.users, "items": emb.items,
-                "metrics": metrics, "all_users": gather_users(emb), "finite": all_finite(emb),
-            }
-            torch.save(out, Path(out_dir, f"{name}-{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    store = open_store(store_path)
+    graph, item_graph, features = parts(store)
+    evaluator = _evaluator(store)
+    for name, sharded in DIST_MODELS.items():
+        cfg = MODELS[name]
+        model = make_model(store, features, cfg)
+        if sharded:
+            shard_tables(model, rank, world)
+        slices = GraphSlices(graph, item_graph, features, item_hops(cfg))
+        emb = layerwise_embeddings(model, slices, chunk_nodes=33)
+        metrics = {
+            split: evaluator.evaluate(emb.users, emb.items, split, user_start=emb.user_start)
+            for split in ("valid", "test")
+        }
+        metrics["sampled"] = evaluator.evaluate(
+            emb.users, emb.items, "test", user_start=emb.user_start, **SAMPLE
+        )
+        out = {
+            "user_start": emb.user_start, "users": emb.users, "items": emb.items,
+            "metrics": metrics, "all_users": gather_users(emb), "finite": all_finite(emb),
+        }
+        torch.save(out, Path(out_dir, f"{name}-{rank}.pt"))
 
 
-@pytest.mark.timeout(240)
 @pytest.mark.parametrize("world", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_ranks_share_the_rows_and_give_one_process_metrics(
     data, tmp_path: Path, world: int
 ) -> None:
     store, graph, item_graph, features = data
-    mp.spawn(
-        _worker, args=(world, _free_port(), str(store.path), str(tmp_path)), nprocs=world, join=True
-    )
+    run_ranks(_worker, world, str(store.path), str(tmp_path))
     evaluator = _evaluator(store)
     for name in DIST_MODELS:
         cfg = MODELS[name]

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import copy
 import math
-import socket
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch import nn
 
 from sea_dist.losses.mi import CLUB, CLUBStack, CLUBTerms
 from sea_dist.train.optim import fit_estimator
+from tests.ranks import run_ranks
 
 STEPS = 50
 
@@ -143,12 +142,6 @@ def test_fit_ignores_and_drops_the_bounds_gradient() -> None:
         assert torch.equal(p, q)
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _per_step_average(model: _Estimators, terms: CLUBTerms, opt: torch.optim.Optimizer) -> None:
     """The previous fit: autograd on the rank's shard, gradients all-reduced at every step."""
     params = list(model.parameters())
@@ -162,11 +155,7 @@ def _per_step_average(model: _Estimators, terms: CLUBTerms, opt: torch.optim.Opt
         opt.step()
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    torch.set_num_threads(1)
+def _worker(rank: int, world: int, out: str) -> None:
     torch.manual_seed(0)
     fused = _Estimators(2, dim=32, hidden=8)
     reference = copy.deepcopy(fused)
@@ -178,13 +167,11 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         _per_step_average(reference, _terms(reference, x, y), reference_opt)
     if rank == 0:
         torch.save({"fused": fused.state_dict(), "reference": reference.state_dict()}, out)
-    dist.barrier()
-    dist.destroy_process_group()
 
 
 def test_local_fits_averaged_once_match_per_step_averaging(tmp_path: Path) -> None:
     world, out = 2, tmp_path / "estimators.pt"
-    mp.spawn(_worker, args=(world, _free_port(), str(out)), nprocs=world, join=True)
+    run_ranks(_worker, world, str(out))
     states = torch.load(out, weights_only=True)
     nll = {}
     x, y = _pairs(2, 3000, 32, seed=999)  # held-out pairs of the same distribution

@@ -10,15 +10,11 @@ on another number of workers.
 
 from __future__ import annotations
 
-import faulthandler
 import re
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from sea_dist.config import LightGCNCfg, SEACfg
 from sea_dist.graph.build import build_graph
@@ -32,6 +28,7 @@ from sea_dist.train.loop import _load_training_state, _training_state
 from sea_dist.train.optim import build_optimizers, fit_estimator
 from sea_dist.train.sharding import shard_tables
 from sea_dist.train.sparse_sync import sync_sparse_grads
+from tests.ranks import run_ranks
 
 STEPS = 4
 CFGS = {
@@ -40,16 +37,9 @@ CFGS = {
 }
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _worker(
     rank: int,
     world: int,
-    port: int,
     store_path: str,
     model_name: str,
     sharded: bool,
@@ -60,12 +50,6 @@ def _worker(
 
     from sea_dist.train.loop import _dense_parameters
 
-    # A collective that never completes fails the test with every thread's stack, not a hang.
-    faulthandler.dump_traceback_later(180, exit=True)
-    dist.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world
-    )
-    torch.set_num_threads(1)
     store = open_store(store_path)
     users, items = store.edges(0)
     graph = build_graph(store.num_users, store.num_items, users, items)
@@ -122,9 +106,6 @@ def _worker(
         save_tables(result, rows)
     if rank == 0:
         save_checkpoint(result, state, "")
-    # No destroy_process_group: with gloo it can wait on the store that rank 0 hosts, and rank 0
-    # may have exited by then. The process exits right here, which tears the groups down.
-    dist.barrier()
 
 
 def _train(
@@ -138,18 +119,15 @@ def _train(
     """Train, and return the checkpoint read whole (as :func:`_read_whole`) and its directory."""
     layout = "sharded" if sharded else "replicated"
     out = tmp_path / f"{model_name}-{world}-{layout}-from-{start.name if start else 'init'}"
-    mp.spawn(
+    run_ranks(
         _worker,
-        args=(
-            world,
-            _free_port(),
-            str(store),
-            model_name,
-            sharded,
-            str(out),
-            str(start) if start else None,
-        ),
-        nprocs=world,
+        world,
+        str(store),
+        model_name,
+        sharded,
+        str(out),
+        str(start) if start else None,
+        timeout_s=180,
     )
     return _read_whole(out, store, model_name), out
 
