@@ -54,11 +54,11 @@ class LightGCN(Recommender):
         self.num_users, self.num_items = num_users, num_items
         self.num_layers, self.reg_weight = num_layers, reg_weight
         # One table indexed by the homogeneous node id: users 0..U-1, items U..U+I-1.
-        self.embedding = IdTable(num_users + num_items, embedding_dim)
+        self.embedding = IdTable(num_users + num_items, embedding_dim, init="xavier_uniform")
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.xavier_uniform_(self.embedding.weight)
+        self.embedding.reset_parameters()
 
     def id_tables(self) -> list[nn.Parameter]:
         return [self.embedding.weight]

@@ -134,16 +134,14 @@ class MENTOR(Recommender):
         self.id_users = IdTable(num_users, d)
         self.id_items = IdTable(num_items, d)
         self.id_encoder = FeatureMLP(d, hidden, d)
-        self.user_weight = IdTable(num_users, num_mod)  # w_u, [U, M]
+        self.user_weight = IdTable(num_users, num_mod, init="softmax")  # w_u, [U, M]
         self.mask_mlp = nn.Linear(num_mod * d, num_mod * d)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        with torch.no_grad():
-            for table in (*self.user_tables.values(), self.id_users, self.id_items):
-                nn.init.xavier_normal_(table.weight)
-            logits = nn.init.xavier_normal_(torch.empty_like(self.user_weight.weight))
-            self.user_weight.weight.copy_(F.softmax(logits, dim=1))  # softmax once, as SEA
+        tables = (*self.user_tables.values(), self.id_users, self.id_items, self.user_weight)
+        for table in tables:  # w_u starts as a softmax, as SEA's
+            table.reset_parameters()
         for module in (*self.encoders.values(), self.id_encoder, self.mask_mlp):
             module.reset_parameters()
 

@@ -160,7 +160,7 @@ class SEA(Recommender):
             self.anchor = solo_anchor(self.modalities, params.solo_anchor)
         d, num_mod = params.embedding_dim, len(feature_dims)
         self.user_tables = nn.ModuleDict({m: IdTable(num_users, d) for m in self.modalities})
-        self.user_weight = IdTable(num_users, num_mod)  # w_u, [U, M]
+        self.user_weight = IdTable(num_users, num_mod, init="softmax")  # w_u, [U, M]
         # Per modality: full-width map L_m, feature MLP, and the split losses' projections.
         self.maps, self.encoders, self.heads = nn.ModuleDict(), nn.ModuleDict(), nn.ModuleDict()
         self.to_generic, self.to_unique = nn.ModuleDict(), nn.ModuleDict()
@@ -181,12 +181,9 @@ class SEA(Recommender):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        with torch.no_grad():
-            for table in self.user_tables.values():
-                nn.init.xavier_normal_(table.weight)
-            # Softmax once at init; training then moves the weights freely (no softmax after).
-            logits = nn.init.xavier_normal_(torch.empty_like(self.user_weight.weight))
-            self.user_weight.weight.copy_(F.softmax(logits, dim=1))
+        # w_u starts as a softmax; training then moves the weights freely (no softmax after).
+        for table in (*self.user_tables.values(), self.user_weight):
+            table.reset_parameters()
         groups = (self.maps, self.encoders, self.heads, self.to_generic, self.to_unique)
         for group in (*groups, self.estimators):
             for module in group.values():

@@ -63,16 +63,16 @@ class VBPR(Recommender):
         self.num_users, self.num_items, self.reg_weight = num_users, num_items, reg_weight
         self.modalities = list(feature_dims)
         self._fan_in = sum(feature_dims.values())
-        self.user_embedding = IdTable(num_users, 2 * embedding_dim)
-        self.item_embedding = IdTable(num_items, embedding_dim)
+        self.user_embedding = IdTable(num_users, 2 * embedding_dim, init="xavier_uniform")
+        self.item_embedding = IdTable(num_items, embedding_dim, init="xavier_uniform")
         self.projections = nn.ModuleDict(
             {m: nn.Linear(d, embedding_dim) for m, d in feature_dims.items()}
         )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        nn.init.xavier_uniform_(self.user_embedding.weight)
-        nn.init.xavier_uniform_(self.item_embedding.weight)
+        self.user_embedding.reset_parameters()
+        self.item_embedding.reset_parameters()
         # Xavier normal of the one [d, sum_m d_m] matrix MMRec uses, block by block.
         for proj in self.projections.values():
             if type(proj) is nn.Linear:

@@ -11,6 +11,7 @@ Flow (one worker of ``world_size``):
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import resource
@@ -41,6 +42,7 @@ from sea_dist.graph.loader import MiniBatchLoader
 from sea_dist.graph.slices import GraphSlices
 from sea_dist.models.base import Recommender
 from sea_dist.models.registry import build_model, resolve_item_labels
+from sea_dist.models.tables import deferred_tables
 from sea_dist.train.checkpoint import (
     STATE_FILE,
     find_checkpoint,
@@ -245,9 +247,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     evaluator = store_evaluator(store, cfg, device)
     dims = {m: int(data.features[m].shape[1]) for m in data.modalities}
     labels = received.labels  # SGFD only
-    model = build_model(cfg.model, store.num_users, store.num_items, dims, labels).to(device)
-    # Every rank built the same tables from the same seed; each now keeps its own rows only.
-    sharded = shard_tables(model, rank, world) if cfg.train.tables == "row_sharded" and world > 1 else {}
+    shard = cfg.train.tables == "row_sharded" and world > 1
+    # Sharded: the tables are built empty and every rank draws its own rows only.
+    with deferred_tables() if shard else contextlib.nullcontext():
+        model = build_model(cfg.model, store.num_users, store.num_items, dims, labels)
+    sharded = shard_tables(model, rank, world) if shard else {}
+    model = model.to(device)
     # Sampled steps touch few table rows: sparse grads + SparseAdam. Full-graph steps touch
     # every row anyway, so they keep the reference's dense Adam.
     sparse_tables = cfg.train.mode == "sampled"

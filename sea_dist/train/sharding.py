@@ -53,7 +53,9 @@ class ShardedIdTable(nn.Module):
     every rank.
 
     Args:
-        table: the full table to take this rank's rows from (its other rows are not kept).
+        table: the full table to take this rank's rows from (its other rows are not kept); if
+            it was never filled (:func:`~sea_dist.models.tables.deferred_tables`), this rank's
+            initial rows are drawn instead.
         rank: this worker's rank; world: the number of workers.
         group: the process group of the lookups' all-to-alls.
 
@@ -67,7 +69,11 @@ class ShardedIdTable(nn.Module):
         self.num_rows, self.dim = table.num_rows, table.dim
         self.rank, self.world, self.group = rank, world, group
         self.block = math.ceil(self.num_rows / world)
-        self.weight = nn.Parameter(_block_of(table.weight.detach(), rank, self.block).clone())
+        start = min(rank * self.block, self.num_rows)
+        stop = min(start + self.block, self.num_rows)
+        # A table built under deferred_tables() was never filled: draw this rank's rows only.
+        rows = table.weight.detach()[start:stop] if table.filled else table.initial_rows(start, stop)
+        self.weight = nn.Parameter(_block_of(rows, 0, self.block).clone())
         self.bytes_sent = 0
 
     def forward(self, ids: Tensor) -> Tensor:
