@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from sea_dist.bench.measure import machine
+from sea_dist.data.store import open_store
 from sea_dist.data.synthetic import generate_store
 from sea_dist.io import atomic_write_text
 
@@ -39,21 +40,23 @@ ROOT = Path(__file__).resolve().parents[1]
 SEA_DIST = str(Path(sys.executable).with_name("sea-dist"))
 
 
-def _train(store: Path, out: Path, workers: int, tables: str, steps: int) -> dict[str, Any]:
+def _train(
+    store: Path, out: Path, workers: int, tables: str, args: argparse.Namespace
+) -> dict[str, Any]:
     sets = [
         f"data.path={store}",
-        f"data.cache_dir={out.parent / 'cache'}",
+        f"data.cache_dir={args.cache_dir or out.parent / 'cache'}",
         "train.epochs=1",
-        "train.batch_size=2048",
+        f"train.batch_size={args.batch_size}",
         "train.lr=1e-3",
         "train.mode=sampled",
         f"train.workers={workers}",
-        f"train.max_steps_per_epoch={steps}",
+        f"train.max_steps_per_epoch={args.steps}",
         f"train.tables={tables}",
         "model.embedding_dim=64",
         "model.estimator_steps=5",
         "graph.knn_method=ann",
-        "eval.users_sample=2000",
+        f"eval.users_sample={args.eval_users}",
     ]
     cmd = [
         SEA_DIST,
@@ -74,7 +77,7 @@ def _train(store: Path, out: Path, workers: int, tables: str, steps: int) -> dic
         return {"error": run.stderr.strip().splitlines()[-1] if run.stderr.strip() else "failed"}
     report = json.loads((out / "report.json").read_text())
     epoch = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    return {**report, "train_peak_rss_mb_rank0": epoch["peak_rss_mb"]}
+    return {**report, "epoch_time_s": epoch["epoch_time_s"]}
 
 
 def main() -> None:
@@ -84,12 +87,20 @@ def main() -> None:
     parser.add_argument("--interactions", type=int, default=4_000_000)
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--batch-size", type=int, default=2048, help="seed edges per worker")
+    parser.add_argument("--eval-users", type=int, default=2000)
+    parser.add_argument(
+        "--tables", nargs="+", default=["replicated", "row_sharded"],
+        choices=["replicated", "row_sharded"], help="layouts to measure at P > 1",
+    )
+    parser.add_argument("--store", type=Path, help="an existing store instead of a generated one")
+    parser.add_argument("--cache-dir", type=Path, help="kNN cache (default: beside the runs)")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "bench_memory")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "memory.json")
     args = parser.parse_args()
 
-    store = args.work_dir / f"store_{args.users}_{args.items}_{args.interactions}"
-    if not (store / "meta.json").exists():
+    store = args.store or args.work_dir / f"store_{args.users}_{args.items}_{args.interactions}"
+    if args.store is None and not (store / "meta.json").exists():
         generate_store(
             store,
             args.users,
@@ -100,16 +111,19 @@ def main() -> None:
             progress=False,
             feature_dtype="float16",
         )
+    meta = open_store(store)
     params = {
-        "users": args.users,
-        "items": args.items,
-        "interactions": args.interactions,
+        "store": str(args.store) if args.store else "generated",
+        "users": meta.num_users,
+        "items": meta.num_items,
+        "interactions": int(meta.meta["num_interactions"]),
         "model": "sea",
         "embedding_dim": 64,
         "steps": args.steps,
-        "batch_size": 2048,
-        "features": {"image": 128, "text": 64},
-        "feature_dtype": "float16",
+        "batch_size": args.batch_size,
+        "eval_users_sample": args.eval_users,
+        "features": dict(meta.modalities),
+        "feature_dtype": str(meta.features(next(iter(meta.modalities))).dtype),
     }
     # Cases measured before with the same parameters are kept, so worker counts can be rerun
     # one at a time (each run takes minutes on 2 cores).
@@ -117,11 +131,11 @@ def main() -> None:
     kept = previous.get("cases", []) if previous.get("params") == params else []
     cases = [c for c in kept if c["workers"] not in args.workers]
     for workers in args.workers:
-        for tables in ("replicated", "row_sharded") if workers > 1 else ("replicated",):
+        for tables in args.tables if workers > 1 else ("replicated",):
             out = args.work_dir / f"run_{workers}_{tables}"
             shutil.rmtree(out, ignore_errors=True)
             started = time.perf_counter()
-            report = _train(store, out, workers, tables, args.steps)
+            report = _train(store, out, workers, tables, args)
             if "error" in report:
                 cases.append({"workers": workers, "tables": tables, **report})
                 print(json.dumps(cases[-1]), flush=True)
@@ -133,9 +147,11 @@ def main() -> None:
                     "tables": tables,
                     "table_bytes_per_worker": table,
                     "optimizer_state_bytes_per_worker": 2 * table,
-                    "train_peak_rss_mb_rank0": report["train_peak_rss_mb_rank0"],
+                    "setup_peak_rss_mb_per_worker": report["setup_peak_rss_mb_per_worker"],
+                    "train_peak_rss_mb_per_worker": report["train_peak_rss_mb_per_worker"],
                     "peak_rss_mb_per_worker": report["peak_rss_mb_per_worker"],
                     "embedding_bytes_per_step": report["embedding_bytes_per_step"],
+                    "epoch_time_s": report["epoch_time_s"],
                     "run_seconds": time.perf_counter() - started,
                 }
             )

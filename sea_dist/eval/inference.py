@@ -6,10 +6,10 @@ owns a contiguous block of ``ceil(U / P)`` users and one of ``ceil(I / P)`` item
 and no two workers compute the same rows:
 
 1. ``h_0`` of the share's nodes, in chunks of ``chunk_nodes`` (features read by row);
-2. for each layer, the previous layer of ALL nodes is all-gathered (one ``[N, D]`` layer at a
-   time, never all layers), and the share's rows of the next layer are computed chunk by chunk
-   from row blocks of ``A_hat`` (:class:`~sea_dist.graph.slices.GraphSlices`); the layers are
-   summed per node as they come;
+2. for each layer, chunk by chunk, the chunk's source rows of the previous layer are fetched
+   from the ranks that hold them (one all-to-all of ids and one of rows, as row-sharded table
+   lookups do) and the chunk's rows of the next layer computed from row blocks of ``A_hat``
+   (:class:`~sea_dist.graph.slices.GraphSlices`); the layers are summed per node as they come;
 3. the share's rows are finished (:meth:`~sea_dist.models.base.Recommender.inference_outputs`:
    the layer mean, the user weights);
 4. with an item hop (SEA, MENTOR), one more sparse layer over items: the items' rows are
@@ -17,11 +17,10 @@ and no two workers compute the same rows:
 5. the items' final rows are all-gathered once, for ranking against every item; user rows
    stay where they were computed (the evaluator ranks each worker's own users).
 
-This first version all-gathers a whole layer although a worker needs only its rows'
-neighbours: fetching just those from their owners (an all-to-all, as sharded table lookups
-do) would cut each worker's buffer from ``N x D`` to its halo. Peak per worker: that one
-gathered layer ``N x D``, plus the share's current layer, next layer and running sum
-(``3 N / P x D``), plus one chunk's blocks and features.
+Peak per worker: the share's current layer, next layer and running sum (``3 N / P x D``), one
+chunk's fetched source rows (its halo: at most ``chunk_nodes`` times the largest degree, never
+all ``N``), blocks and features, and at the end every item's rows (``I x D``), which ranking
+against all items needs anyway.
 
 Collectives: when a process group is initialised every rank must call
 :func:`layerwise_embeddings` together; every rank runs the same number of chunks (empty ones
@@ -40,6 +39,7 @@ from torch import Tensor
 
 from sea_dist.graph.slices import GraphSlices
 from sea_dist.models.base import Recommender
+from sea_dist.train.sharding import fetch_rows
 
 #: Nodes per chunk: bounds a chunk's row block, feature rows and dense activations.
 DEFAULT_CHUNK_NODES = 65536
@@ -132,6 +132,14 @@ def _all_gather(local: Tensor, buffer: Tensor | None, world: int) -> Tensor:
     return buffer
 
 
+def _fetch(h: Tensor, rows: Tensor, share: _Share, world: int) -> Tensor:
+    """Rows ``rows`` (as numbered in the all-gathered layout) of the layer the ranks hold in
+    shares ``h``; collective when ``world > 1``."""
+    if world == 1:
+        return h[rows]
+    return fetch_rows(h, torch.div(rows, share.rows, rounding_mode="floor"), rows % share.rows)
+
+
 @torch.no_grad()
 def layerwise_embeddings(
     model: Recommender,
@@ -169,19 +177,19 @@ def layerwise_embeddings(
             h[row : row + n] = x
         assert h is not None  # there is at least one chunk of users
         total = h.clone()
-        # 2. layers 1..L: the previous layer of every node, the share's rows of the next
-        gathered: Tensor | None = None
+        # 2. layers 1..L: each chunk fetches its source rows of the previous layer from their
+        # owners, and computes the share's rows of the next
         for layer in range(model.num_inference_layers):
-            gathered = _all_gather(h, gathered, world)
             nxt = torch.zeros_like(h)
             for start, n, row in chunks:
-                if n:
-                    block = slices.node_block(start, start + n).to(device)
-                    h_src = gathered[share.gathered_rows(block.src_nodes)]
+                block = slices.node_block(start, start + n).to(device) if n else None
+                src = block.src_nodes if block is not None else torch.empty(0, dtype=torch.long)
+                h_src = _fetch(h, share.gathered_rows(src.to(device)), share, world)
+                if block is not None:
                     nxt[row : row + n] = model.inference_layer(layer, block, h_src)
             h = nxt
             total += h
-        del gathered, h
+        del h
         # 3. finished rows (every chunk runs: user weights are table lookups)
         emb: Tensor | None = None
         for start, n, row in chunks:

@@ -289,6 +289,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     table_bytes = sum(p.numel() * p.element_size() for p in tables)
     # The wall clock starts with the driver's run (as its progress bar does), not this worker.
     started = time.perf_counter() - (time.time() - float(config.get("started_at", time.time())))
+    setup_peak_mb = _peak_rss_mb()  # data, model, optimizers: before any step
     for epoch in range(start_epoch, cfg.train.epochs):
         loader.set_epoch(epoch)
         # Model randomness (CLUB's shuffles, dropout) draws as many numbers as a rank's batch
@@ -389,6 +390,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         if stop:
             break
 
+    train_peak_mb = _peak_rss_mb()  # training and its validations
     if stopper.best_epoch is not None:
         if world > 1:
             dist.barrier()  # each rank returns from its last report once its files are stored
@@ -399,7 +401,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     valid = _evaluate(evaluator, emb, "valid", cfg)
     test = _evaluate(evaluator, emb, "test", cfg)
     all_users = gather_users(emb)  # rank 0 only, for the export
-    peaks = _gather_floats(_peak_rss_mb())
+    peaks = {
+        stage: _gather_floats(value)
+        for stage, value in (
+            ("setup", setup_peak_mb), ("train", train_peak_mb), ("run", _peak_rss_mb())
+        )
+    }
     model_state, table_rows = _training_state(model, {}, sharded)
     if table_rows:
         save_tables(run_dir / BEST, table_rows)  # each rank its rows of the best model's tables
@@ -419,7 +426,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "embedding_bytes_per_step": _median([h["embedding_bytes_per_step"] for h in history]),
             "dense_bytes_per_step": dense_bytes,
             "embedding_table_bytes": table_bytes,
-            "peak_rss_mb_per_worker": peaks,
+            "peak_rss_mb_per_worker": peaks["run"],
+            # Peak resident memory up to the first step and up to the end of training: shared
+            # object-store pages a worker touched count in every worker that touched them.
+            "setup_peak_rss_mb_per_worker": peaks["setup"],
+            "train_peak_rss_mb_per_worker": peaks["train"],
         }
         assert all_users is not None
         files.write_results(

@@ -98,15 +98,34 @@ def _exchange(values: Tensor, send: list[int], recv: list[int], group: Any) -> T
     return out
 
 
+def _route(owner: Tensor, world: int, group: Any) -> tuple[Tensor, list[int], list[int]]:
+    """The order that groups requests by owner, and how many go to / come from each rank."""
+    order = torch.argsort(owner, stable=True)
+    send_counts = torch.bincount(owner, minlength=world)
+    recv_counts = torch.empty_like(send_counts)
+    dist.all_to_all_single(recv_counts, send_counts, group=group)
+    return order, send_counts.tolist(), recv_counts.tolist()
+
+
+def fetch_rows(local: Tensor, owner: Tensor, index: Tensor, group: Any = None) -> Tensor:
+    """Rows ``index[k]`` of rank ``owner[k]``'s ``local``, for every k (collective).
+
+    Every rank calls it the same number of times, with its own requests (possibly none); only
+    the requested rows travel, never a whole ``local``.
+    """
+    order, send, recv = _route(owner, dist.get_world_size(group), group)
+    wanted = _exchange(index[order], send, recv, group)
+    rows = _exchange(local[wanted], recv, send, group)
+    out = torch.empty_like(rows)
+    out[order] = rows
+    return out
+
+
 class _ShardedLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, weight: Tensor, ids: Tensor, table: ShardedIdTable) -> Tensor:
         owner = torch.div(ids, table.block, rounding_mode="floor")
-        order = torch.argsort(owner, stable=True)
-        send_counts = torch.bincount(owner, minlength=table.world)
-        recv_counts = torch.empty_like(send_counts)
-        dist.all_to_all_single(recv_counts, send_counts, group=table.group)
-        send, recv = send_counts.tolist(), recv_counts.tolist()
+        order, send, recv = _route(owner, table.world, table.group)
         local = _exchange(ids[order], send, recv, table.group) - table.rank * table.block
         rows = _exchange(weight[local], recv, send, table.group)
         out = torch.empty_like(rows)
