@@ -57,6 +57,7 @@ def _train(
         "model.estimator_steps=5",
         "graph.knn_method=ann",
         f"eval.users_sample={args.eval_users}",
+        *args.set,
     ]
     cmd = [
         SEA_DIST,
@@ -94,6 +95,7 @@ def main() -> None:
         choices=["replicated", "row_sharded"], help="layouts to measure at P > 1",
     )
     parser.add_argument("--store", type=Path, help="an existing store instead of a generated one")
+    parser.add_argument("--set", action="append", default=[], help="more KEY=VALUE overrides")
     parser.add_argument("--cache-dir", type=Path, help="kNN cache (default: beside the runs)")
     parser.add_argument("--work-dir", type=Path, default=ROOT / "runs" / "bench_memory")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "memory.json")
@@ -122,6 +124,7 @@ def main() -> None:
         "steps": args.steps,
         "batch_size": args.batch_size,
         "eval_users_sample": args.eval_users,
+        "overrides": args.set,
         "features": dict(meta.modalities),
         "feature_dtype": str(meta.features(next(iter(meta.modalities))).dtype),
     }

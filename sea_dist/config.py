@@ -204,6 +204,11 @@ class TrainCfg(_Section):
         description="DGL sampling threads per worker (default: the worker's CPU share); "
         "1 makes sampled blocks, and so resumed runs, exactly reproducible",
     )
+    prefetch: int = Field(
+        default=2, ge=0,
+        description="batches sampled ahead while a step trains; each holds its blocks and "
+        "feature rows, so at catalogue scale every one costs as much as a step's inputs",
+    )
     partition: Literal["random", "metis"] = Field(
         default="random", description="how seed edges are assigned to workers"
     )

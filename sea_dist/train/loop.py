@@ -12,6 +12,8 @@ Flow (one worker of ``world_size``):
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import gc
 import logging
 import math
 import resource
@@ -141,6 +143,21 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
+def release_free_memory() -> None:
+    """Hand the heap's free pages back to the OS (glibc only; elsewhere a no-op).
+
+    A step frees thousands of activation buffers, many below glibc's mmap threshold, and the
+    heap keeps their pages: a worker's resident memory then stays at its training peak through
+    validation, which allocates on top of it. At catalogue scale that is gigabytes per worker.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    gc.collect()
+    libc.malloc_trim(0)
+
+
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
@@ -238,6 +255,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         seed_edges=received.seed_edges,
         max_steps=cfg.train.max_steps_per_epoch,
         num_threads=cfg.train.sampling_threads,
+        prefetch=cfg.train.prefetch,
         # DDP collectives must line up: every rank takes as many steps as the largest part.
         steps_per_epoch=(
             math.ceil(received.max_part_edges / cfg.train.batch_size) if world > 1 else None
@@ -344,6 +362,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loss_sum += loss
             tick = time.perf_counter()
         epoch_time = time.perf_counter() - epoch_start
+        release_free_memory()  # the steps' freed activations, before inference allocates
         metrics: dict[str, Any] = {
             "epoch": epoch,
             "loss": loss_sum / max(steps, 1),
@@ -363,6 +382,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             emb = _embeddings(model, slices, cfg, device)
             _require_finite(emb, epoch)
             valid = _evaluate(evaluator, emb, "valid", cfg)
+            del emb  # not held through the next epoch's steps
             metrics.update({f"valid/{k}": v for k, v in valid.items()})
             improved = stopper.update(epoch, valid)
         stop = stopper.should_stop or epoch + 1 == cfg.train.epochs
@@ -391,6 +411,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             break
 
     train_peak_mb = _peak_rss_mb()  # training and its validations
+    release_free_memory()
     if stopper.best_epoch is not None:
         if world > 1:
             dist.barrier()  # each rank returns from its last report once its files are stored
