@@ -11,7 +11,7 @@ cached; then, each case in fresh spawned processes (one per rank, gloo), SEA at 
 
 - ``full``: ``model.node_embeddings(full_graph_batch(...))``, what every rank ran before;
 - ``layerwise`` at P = 1 and 2: :func:`sea_dist.eval.inference.layerwise_embeddings`, each rank
-  its share, one all-gathered layer at a time.
+  its share, each chunk fetching its neighbours' rows of the previous layer.
 
 Each process builds its data, graph and model, then resets its peak RSS
 (``/proc/self/clear_refs``), so the recorded peak is what was resident plus the inference's

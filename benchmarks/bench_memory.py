@@ -1,23 +1,25 @@
-"""Per-worker memory of the ID tables and their optimizer state, replicated against row-sharded.
+"""Per-worker memory of a sampled SEA run as the workers grow, replicated or row-sharded tables.
 
 Run from the repository root::
 
-    python -m benchmarks.bench_memory                       # P = 1, 2, 4
-    python -m benchmarks.bench_memory --users 100000 --items 20000 --interactions 500000
+    python -m benchmarks.bench_memory                       # P = 1, 2, 4, both layouts
+    python -m benchmarks.bench_memory --workers 1 2 4 --tables row_sharded --batch-size 256
+    python -m benchmarks.bench_memory --store runs/data/million --cache-dir runs/cache ...
 
-A generated catalogue (default 800k users, 100k items, 4M interactions, 128-d image and 64-d
-text features in float16) is trained for a few sampled steps of SEA at 64-d through the real
-``sea-dist train``, at each worker count with ``train.tables=replicated`` and, for P > 1,
-``train.tables=row_sharded``. Recorded per case:
+A catalogue (generated: default 800k users, 100k items, 4M interactions, 128-d image and 64-d
+text features in float16; or ``--store``) is trained for a few sampled steps of SEA at 64-d
+through the real ``sea-dist train``, at each worker count with each ``--tables`` layout (one
+worker: replicated). Recorded per case, from the run's report:
 
-- the bytes of ID tables each worker holds (``embedding_table_bytes``, from the run's report)
-  and of their SparseAdam moments (two per row, so twice the tables);
-- rank 0's peak RSS up to the end of training (before validation), and every rank's peak RSS
-  at the end of the run, which includes validation and test: each rank computes its share of
-  the nodes layer by layer for them (``sea_dist/eval/inference.py``), but still receives one
-  all-gathered ``[N, D]`` layer at a time, so that part shrinks less than 1/P.
+- the bytes of ID tables each worker holds (``embedding_table_bytes``) and of their SparseAdam
+  moments (two per row, so twice the tables);
+- every rank's peak RSS up to its first step, up to the end of training (validation included)
+  and for the whole run (the final validation, test and rank 0's export included). Pages of
+  the node's shared object store count in every worker that touched them.
 
-Results go to ``benchmarks/results/memory.json``.
+A run Ray's memory monitor killed is recorded with its error. Results go to ``--out``
+(default ``benchmarks/results/memory.json``); cases measured before with the same parameters
+are kept, so worker counts can be rerun one at a time.
 """
 
 from __future__ import annotations
@@ -128,8 +130,6 @@ def main() -> None:
         "features": dict(meta.modalities),
         "feature_dtype": str(meta.features(next(iter(meta.modalities))).dtype),
     }
-    # Cases measured before with the same parameters are kept, so worker counts can be rerun
-    # one at a time (each run takes minutes on 2 cores).
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     kept = previous.get("cases", []) if previous.get("params") == params else []
     cases = [c for c in kept if c["workers"] not in args.workers]
