@@ -47,10 +47,9 @@ def _changed(before: list[torch.Tensor], params: list[torch.nn.Parameter]) -> bo
 def test_estimator_steps_touch_only_the_estimator(toy: ToyGraph) -> None:
     model = build(toy, "sea")
     opts = build_optimizers(model, lr=1e-2, estimator_lr=1e-2)
-    out = model(toy.full_batch(2, toy.triples(8)))
-    out["loss"].backward()
-    # The bound's gradient reaches the encoders; q only learns from its own loss.
-    assert model.to_generic["image"].weight.grad.abs().sum() > 0
+    batch = toy.full_batch(2, toy.triples(8))
+    out = model(batch)
+    out["loss"].backward()  # the model's backward leaves the bound's gradient on q too
     model_before = _snapshot(model.model_parameters())
     q_before = _snapshot(model.estimator_parameters())
     terms = model.estimator_terms(out)
@@ -60,6 +59,13 @@ def test_estimator_steps_touch_only_the_estimator(toy: ToyGraph) -> None:
     assert _changed(q_before, model.estimator_parameters())
     assert not _changed(model_before, model.model_parameters())
 
+    # With q fitted the bound is positive (it is clamped at 0, as the authors' is), and its
+    # gradient reaches the encoders; the model's step leaves q alone.
+    model.zero_grad(set_to_none=True)
+    out = model(batch)
+    assert float(out["dist"]) > 0
+    out["loss"].backward()
+    assert model.to_generic["image"].weight.grad.abs().sum() > 0
     q_before = _snapshot(model.estimator_parameters())
     opts["model"].step()
     assert _changed(model_before, model.model_parameters())
