@@ -143,7 +143,7 @@ def _world() -> tuple[int, int]:
     return 0, 1
 
 
-def release_free_memory() -> None:
+def _release_free_memory() -> None:
     """Hand the heap's free pages back to the OS (glibc only; elsewhere a no-op).
 
     A step frees thousands of activation buffers, many below glibc's mmap threshold, and the
@@ -362,7 +362,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             loss_sum += loss
             tick = time.perf_counter()
         epoch_time = time.perf_counter() - epoch_start
-        release_free_memory()  # the steps' freed activations, before inference allocates
+        _release_free_memory()  # the steps' freed activations, before inference allocates
         metrics: dict[str, Any] = {
             "epoch": epoch,
             "loss": loss_sum / max(steps, 1),
@@ -411,7 +411,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             break
 
     train_peak_mb = _peak_rss_mb()  # training and its validations
-    release_free_memory()
+    _release_free_memory()
     if stopper.best_epoch is not None:
         if world > 1:
             dist.barrier()  # each rank returns from its last report once its files are stored
