@@ -58,15 +58,17 @@ class IdTable(nn.Module):
 
     Shapes:
         ids: any shape of int64 ids in ``[0, num_rows)`` -> ``ids.shape + (dim,)``.
+
+    The rows are written by :meth:`reset_parameters`, which the owning model's
+    ``reset_parameters`` calls (once: filling here too would write every table twice).
     """
 
     def __init__(self, num_rows: int, dim: int, init: TableInit = "xavier_normal") -> None:
         super().__init__()
         self.num_rows, self.dim, self.init = num_rows, dim, init
         self.weight = nn.Parameter(torch.empty(num_rows, dim))
-        self.seed = 0
+        self.seed: int | None = None  # drawn by reset_parameters
         self.filled = False
-        self.reset_parameters()
 
     def reset_parameters(self) -> None:
         self.seed = int(torch.randint(2**62, (), device="cpu"))
@@ -79,15 +81,17 @@ class IdTable(nn.Module):
 
     def initial_rows(self, start: int, stop: int) -> Tensor:
         """Rows ``[start, stop)`` as :meth:`reset_parameters` writes them."""
+        if self.seed is None:
+            raise RuntimeError("this IdTable has no initial rows yet: call reset_parameters()")
         first, last = start // ROWS_PER_DRAW, -(-stop // ROWS_PER_DRAW)
-        blocks = [self._draw(b) for b in range(first, last)]
+        blocks = [self._draw(self.seed, b) for b in range(first, last)]
         rows = torch.cat(blocks) if blocks else torch.empty(0, self.dim, device="cpu")
         offset = first * ROWS_PER_DRAW
         return rows[start - offset : stop - offset]
 
-    def _draw(self, block: int) -> Tensor:
+    def _draw(self, seed: int, block: int) -> Tensor:
         rows = min(ROWS_PER_DRAW, self.num_rows - block * ROWS_PER_DRAW)
-        generator = torch.Generator().manual_seed(self.seed + block)
+        generator = torch.Generator().manual_seed(seed + block)
         fan = self.num_rows + self.dim
         values = torch.empty(rows, self.dim, device="cpu")
         if self.init == "xavier_uniform":
@@ -98,7 +102,10 @@ class IdTable(nn.Module):
 
     def forward(self, ids: Tensor) -> Tensor:
         if not self.filled:
-            raise RuntimeError("this IdTable was built under deferred_tables() and never filled")
+            raise RuntimeError(
+                "this IdTable was never filled: call reset_parameters() (its model's does) "
+                "outside deferred_tables(), or shard it"
+            )
         return self.weight[ids]
 
     def extra_repr(self) -> str:
