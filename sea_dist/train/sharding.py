@@ -72,7 +72,9 @@ class ShardedIdTable(nn.Module):
         start = min(rank * self.block, self.num_rows)
         stop = min(start + self.block, self.num_rows)
         # A table built under deferred_tables() was never filled: draw this rank's rows only.
-        rows = table.weight.detach()[start:stop] if table.filled else table.initial_rows(start, stop)
+        rows = (
+            table.weight.detach()[start:stop] if table.filled else table.initial_rows(start, stop)
+        )
         self.weight = nn.Parameter(_block_of(rows, 0, self.block).clone())
         self.bytes_sent = 0
 
@@ -107,29 +109,35 @@ def _route(owner: Tensor, world: int, group: Any) -> tuple[Tensor, list[int], li
     return order, send_counts.tolist(), recv_counts.tolist()
 
 
+def _fetch(
+    local: Tensor, owner: Tensor, index: Tensor, world: int, group: Any
+) -> tuple[Tensor, Tensor, Tensor, list[int], list[int]]:
+    """:func:`fetch_rows` and its routing: the rows, the owner order, the indices this rank
+    served, and the counts sent to / received from each rank (what a backward sends back by)."""
+    order, send, recv = _route(owner, world, group)
+    served = _exchange(index[order], send, recv, group)
+    rows = _exchange(local[served], recv, send, group)
+    out = torch.empty_like(rows)
+    out[order] = rows
+    return out, order, served, send, recv
+
+
 def fetch_rows(local: Tensor, owner: Tensor, index: Tensor, group: Any = None) -> Tensor:
     """Rows ``index[k]`` of rank ``owner[k]``'s ``local``, for every k (collective).
 
     Every rank calls it the same number of times, with its own requests (possibly none); only
     the requested rows travel, never a whole ``local``.
     """
-    order, send, recv = _route(owner, dist.get_world_size(group), group)
-    wanted = _exchange(index[order], send, recv, group)
-    rows = _exchange(local[wanted], recv, send, group)
-    out = torch.empty_like(rows)
-    out[order] = rows
-    return out
+    return _fetch(local, owner, index, dist.get_world_size(group), group)[0]
 
 
 class _ShardedLookup(torch.autograd.Function):
     @staticmethod
     def forward(ctx: Any, weight: Tensor, ids: Tensor, table: ShardedIdTable) -> Tensor:
         owner = torch.div(ids, table.block, rounding_mode="floor")
-        order, send, recv = _route(owner, table.world, table.group)
-        local = _exchange(ids[order], send, recv, table.group) - table.rank * table.block
-        rows = _exchange(weight[local], recv, send, table.group)
-        out = torch.empty_like(rows)
-        out[order] = rows
+        out, order, local, send, recv = _fetch(
+            weight, owner, ids - owner * table.block, table.world, table.group
+        )
         ctx.save_for_backward(order, local)
         ctx.table, ctx.send, ctx.recv = table, send, recv
         mine = table.rank
