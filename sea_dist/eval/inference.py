@@ -80,8 +80,8 @@ def _world() -> tuple[int, int]:
 
 
 class _Share:
-    """Rank ``rank``'s users and items, and where they sit in its padded ``[bu + bi, D]`` rows
-    (users first) and in the all-gathered ``[P * (bu + bi), D]`` buffer."""
+    """Rank ``rank``'s users and items, and where any node sits in its owner's padded
+    ``[bu + bi, D]`` rows (users first)."""
 
     def __init__(self, num_users: int, num_items: int, rank: int, world: int, chunk: int):
         self.num_users, self.chunk = num_users, chunk
@@ -104,15 +104,14 @@ class _Share:
                 out.append((offset + ids.start + lo, n, row + lo))
         return out
 
-    def gathered_rows(self, nodes: Tensor) -> Tensor:
-        """Rows of global node ids in the all-gathered buffer."""
+    def locate(self, nodes: Tensor) -> tuple[Tensor, Tensor]:
+        """The rank that holds each global node id, and its row among that rank's rows."""
         is_item = nodes >= self.num_users
         item = nodes - self.num_users
         owner = torch.where(is_item, item // self.item_block, nodes // self.user_block)
-        within = torch.where(
-            is_item, self.user_block + item % self.item_block, nodes % self.user_block
-        )
-        return owner * self.rows + within
+        item_row = self.user_block + item % self.item_block
+        row = torch.where(is_item, item_row, nodes % self.user_block)
+        return owner, row
 
 
 def _block(rank: int, size: int, total: int) -> range:
@@ -132,12 +131,11 @@ def _all_gather(local: Tensor, buffer: Tensor | None, world: int) -> Tensor:
     return buffer
 
 
-def _fetch(h: Tensor, rows: Tensor, share: _Share, world: int) -> Tensor:
-    """Rows ``rows`` (as numbered in the all-gathered layout) of the layer the ranks hold in
-    shares ``h``; collective when ``world > 1``."""
-    if world == 1:
-        return h[rows]
-    return fetch_rows(h, torch.div(rows, share.rows, rounding_mode="floor"), rows % share.rows)
+def _fetch(h: Tensor, nodes: Tensor, share: _Share, world: int) -> Tensor:
+    """Rows of global node ids ``nodes`` of the layer the ranks hold in shares ``h``; collective
+    when ``world > 1``."""
+    owner, row = share.locate(nodes)
+    return h[row] if world == 1 else fetch_rows(h, owner, row)
 
 
 @torch.no_grad()
@@ -184,7 +182,7 @@ def layerwise_embeddings(
             for start, n, row in chunks:
                 block = slices.node_block(start, start + n).to(device) if n else None
                 src = block.src_nodes if block is not None else torch.empty(0, dtype=torch.long)
-                h_src = _fetch(h, share.gathered_rows(src.to(device)), share, world)
+                h_src = _fetch(h, src.to(device), share, world)
                 if block is not None:
                     nxt[row : row + n] = model.inference_layer(layer, block, h_src)
             h = nxt
