@@ -115,20 +115,20 @@ def main() -> None:
             progress=False,
             feature_dtype="float16",
         )
-    meta = open_store(store)
+    opened = open_store(store)
     params = {
         "store": str(args.store) if args.store else "generated",
-        "users": meta.num_users,
-        "items": meta.num_items,
-        "interactions": int(meta.meta["num_interactions"]),
+        "users": opened.num_users,
+        "items": opened.num_items,
+        "interactions": int(opened.meta["num_interactions"]),
         "model": "sea",
         "embedding_dim": 64,
         "steps": args.steps,
         "batch_size": args.batch_size,
         "eval_users_sample": args.eval_users,
         "overrides": args.set,
-        "features": dict(meta.modalities),
-        "feature_dtype": str(meta.features(next(iter(meta.modalities))).dtype),
+        "features": dict(opened.modalities),
+        "feature_dtype": str(opened.features(next(iter(opened.modalities))).dtype),
     }
     previous = json.loads(args.out.read_text()) if args.out.exists() else {}
     kept = previous.get("cases", []) if previous.get("params") == params else []
