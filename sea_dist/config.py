@@ -130,6 +130,11 @@ class SEACfg(_ModelBase):
     )
     alpha: float = Field(default=0.012, ge=0.0)
     tau: float = Field(default=0.2, gt=0.0)
+    solo_group: int | None = Field(
+        default=None, ge=2,
+        description="SoloSim contrasts each item with at most this many (its group's); "
+        "null: with every item of the loss, as the reference (cost grows as items squared)",
+    )
     ureg: float = Field(default=0.006, ge=0.0)
     l2_weight: float = Field(default=0.006, ge=0.0, description="weight of SAND's bounded -L2")
     mi_dim: int = Field(default=32, ge=1)
@@ -189,6 +194,16 @@ class TrainCfg(_Section):
     patience: int = Field(default=20, ge=1)
     mode: Literal["full", "sampled"] = "full"
     fanouts: list[Fanout] = Field(default_factory=lambda: [10, 10])
+    sampler: Literal["neighbor", "labor"] = Field(
+        default="neighbor",
+        description="sampled mode: DGL's neighbour sampler, or LABOR-0 (the same expected "
+        "fanout with fewer distinct nodes per layer; unbiased either way)",
+    )
+    item_fanout: Fanout = Field(
+        default="all",
+        description="sampled mode: item-hop entries per batch item, 'all' (exact) or an "
+        "importance sample of that many (bounds the output nodes at catalogue scale)",
+    )
     num_negatives: int = Field(default=1, ge=1)
     # MMRec draws negatives from the items of the training split (TikTok: 6,245 of 6,710);
     # all_items also draws items that appear only in valid/test, or nowhere.

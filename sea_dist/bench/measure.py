@@ -81,6 +81,8 @@ def sampler_throughput(
     steps: int,
     threads: int = 1,
     seed: int = 0,
+    sampler: str = "neighbor",
+    item_fanout: Any = "all",
 ) -> dict[str, Any]:
     """Seed edges per second of the sampled loader: ``repeats`` windows of ``steps`` batches.
 
@@ -101,6 +103,8 @@ def sampler_throughput(
         seed=seed,
         prefetch=0,
         num_threads=threads,
+        sampler=sampler,  # type: ignore[arg-type]
+        item_fanout=item_fanout,
     )
     if len(loader) == 0:
         raise ValueError("the loader has no minibatches to time")

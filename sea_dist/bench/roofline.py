@@ -244,11 +244,15 @@ def step_work(
     Adam moves 28 bytes and ~10 FLOP per parameter it updates. Phases (SEA):
 
     - ``inputs``: per modality 2 Linear(F_m, w_m) + 3 Linear(w_m, H) + 3 Linear(H, d) on
-      I_in rows; ID rows read and their gradient scattered, ``2 * 4 U_in M d`` bytes.
+      I_in rows; ID rows read and their gradient scattered, ``2 * 4 U_in M d`` bytes. When
+      the model folds ``L_m`` into the encoder (N < I_in and I_in > H, as sampled batches),
+      2 Linear(F_m, H) + 3 Linear(H, d) on I_in rows, 2 Linear(F_m, w_m) on the N loss rows
+      and 3 x ``2 H w_m F_m`` for the folded weight.
     - ``propagation``: 2 spmm(E, D, W).  ``item_hop``: 2 spmm(E_s, n_out, W).
     - ``losses``: BPR 3 x (``2 B (1 + K) W`` FLOP, ``4 B (2 + K) W`` bytes); SoloSim heads
       3 [Linear(g_m, P_h) + Linear(P_h, P_h) + Linear(P_h, P_d)] on N rows per modality and
-      InfoNCE 3 x (``2 N^2 P_d`` FLOP, ``4 (2 N P_d + N^2)`` bytes) per non-anchor modality;
+      InfoNCE 3 x (``2 N G P_d`` FLOP, ``4 (2 N P_d + N G)`` bytes) per non-anchor modality,
+      G = min(N, ``solo_group``);
       distancing 3 [Linear(g_m, r) + Linear(u_m, r)] on N rows per modality, and for CLUB
       3 x 2 nets [Linear(r, h) + Linear(h, r)] on N rows per modality.
     - ``estimator``: ``estimator_steps`` x (per fitted pair, M of them or 2 (M - 1) when
@@ -289,7 +293,12 @@ def step_work(
     for f in feature_dims.values():
         w = cfg.map_dim or f
         g, u = w // 2, w - w // 2
-        inputs += 2 * linear(i_in, f, w) + 3 * linear(i_in, w, H) + 3 * linear(i_in, H, d)
+        if N < i_in and i_in > H:  # L_m folded into the encoder (SEA._inputs)
+            fold = Work(3 * 2.0 * H * w * f, 3 * F32 * (H * w + w * f + H * f))
+            inputs += 2 * linear(i_in, f, H) + 2 * linear(N, f, w) + fold
+        else:
+            inputs += 2 * linear(i_in, f, w) + 3 * linear(i_in, w, H)
+        inputs += 3 * linear(i_in, H, d)
         if cfg.use_solo and N >= 2:
             losses += 3 * (linear(N, g, ph) + linear(N, ph, ph) + linear(N, ph, pd))
         if cfg.distancing != "none":
@@ -297,7 +306,8 @@ def step_work(
         if cfg.distancing == "club":
             losses += 3 * 2 * (linear(N, r, h) + linear(N, h, r))
     if cfg.use_solo and N >= 2:
-        losses += 3 * (M - 1) * Work(2.0 * N * N * pd, F32 * (2 * N * pd + N * N))
+        G = min(N, getattr(cfg, "solo_group", None) or N)
+        losses += 3 * (M - 1) * Work(2.0 * N * G * pd, F32 * (2 * N * pd + N * G))
     losses += 3 * Work(2.0 * B * (1 + K) * W, F32 * B * (2 + K) * W)
     estimator = Work()
     steps = getattr(cfg, "estimator_steps", 0)

@@ -325,6 +325,8 @@ def _sampler(cfg: RunCfg, scenario: TrainingScenario) -> dict[str, Any]:
         data.item_graph,
         data.features,
         fanouts=list(fanouts),
+        sampler=cfg.train.sampler,
+        item_fanout=cfg.train.item_fanout,
         num_layers=cfg.model.num_layers,
         item_hops=cfg.graph.item_hops if data.item_graph is not None else 0,
         batch_size=cfg.train.batch_size,

@@ -38,6 +38,7 @@ from sea_dist.graph.sampler import (
     BlockSampler,
     Fanout,
     NegativePool,
+    NeighbourSampling,
     check_fanouts,
     check_negatives_exist,
     negative_pool,
@@ -171,6 +172,10 @@ class MiniBatchLoader:
             for more than one pass; give every DDP worker the same value so that their
             collectives line up although their seed sets differ in size.
         num_threads: DGL OpenMP threads of the sampling thread (default: torch's).
+        sampler: ``"neighbor"`` or ``"labor"`` neighbourhoods (see
+            :class:`~sea_dist.graph.sampler.BlockSampler`).
+        item_fanout: ``"all"``, or importance draws per batch item's item-hop row (see
+            :func:`~sea_dist.graph.sampler.output_nodes_for`).
     """
 
     def __init__(
@@ -192,13 +197,15 @@ class MiniBatchLoader:
         max_steps: int | None = None,
         steps_per_epoch: int | None = None,
         num_threads: int | None = None,
+        sampler: NeighbourSampling = "neighbor",
+        item_fanout: Fanout = "all",
     ):
         if mode not in ("full", "sampled"):
             raise ValueError(f"mode must be 'full' or 'sampled', got {mode!r}")
         if mode == "sampled":
             if len(fanouts) != num_layers:
                 raise ValueError(f"{len(fanouts)} fanouts for {num_layers} layers")
-            check_fanouts(fanouts)
+            check_fanouts([*fanouts, item_fanout])
         if batch_size < 1 or num_negatives < 1 or prefetch < 0:
             raise ValueError("batch_size and num_negatives must be >= 1, prefetch >= 0")
         for name, feat in features.items():
@@ -211,6 +218,8 @@ class MiniBatchLoader:
         self.graph = graph
         self.mode = mode
         self.fanouts = list(fanouts)
+        self.sampling = sampler
+        self.item_fanout = item_fanout
         self.batch_size = batch_size
         self.num_negatives = num_negatives
         self.seed = seed
@@ -270,7 +279,9 @@ class MiniBatchLoader:
                 future.cancel()
 
     def _sampler(self) -> BlockSampler | None:
-        return BlockSampler(self.graph, self.fanouts) if self.mode == "sampled" else None
+        if self.mode != "sampled":
+            return None
+        return BlockSampler(self.graph, self.fanouts, self.sampling)
 
     def _make(self, sampler: BlockSampler | None, step: int, edge_ids: np.ndarray) -> MiniBatch:
         rng = np.random.default_rng([self.seed, self._epoch, step])
@@ -281,8 +292,16 @@ class MiniBatchLoader:
         assert sampler is not None
         dgl.utils.set_num_threads(self.num_threads)  # this thread's OpenMP regions only
         dgl.seed(int(rng.integers(1 << 31)))
+        sampler.seed(int(rng.integers(1 << 62)))
         batch = sample_batch(
-            self.graph, sampler, self._item_hop, edge_ids, self.num_negatives, rng, self._pool
+            self.graph,
+            sampler,
+            self._item_hop,
+            edge_ids,
+            self.num_negatives,
+            rng,
+            self._pool,
+            self.item_fanout,
         )
         item_rows = (batch.input_nodes[batch.input_is_item] - self.graph.num_users).numpy()
         batch.item_features = {m: gather_rows(f, item_rows) for m, f in self.features.items()}

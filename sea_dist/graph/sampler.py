@@ -6,17 +6,25 @@ A sampled batch is built in named stages (:func:`sample_batch` runs them in orde
    the items of the training split, as MMRec's sampler) that the user has NOT seen in
    training, exactly.
 2. :func:`output_nodes_for`: batch users, positive and negative items, and the item-graph
-   neighbours of those items (so the item hop ``i = i0 + S^h i0`` is exact for batch items).
-3. :class:`BlockSampler`: DGL neighbour sampling over the user-item graph from the output
-   nodes, per-layer fanouts, converted into plain-torch :class:`Block` s whose weights make
-   ``propagate`` an unbiased estimate of ``A_hat h``.
+   neighbours of those items (so the item hop ``i = i0 + S^h i0`` is exact for batch items),
+   or, with an item fanout, an importance sample of them (PinSage-style neighbourhoods).
+3. :class:`BlockSampler`: DGL neighbour or LABOR sampling over the user-item graph from the
+   output nodes, per-layer fanouts, converted into plain-torch :class:`Block` s whose weights
+   make ``propagate`` an unbiased estimate of ``A_hat h``.
 
-Unbiasedness: DGL samples ``n_i = min(fanout, d_i)`` of node i's ``d_i`` neighbours uniformly
-without replacement, so each neighbour is kept with probability ``n_i / d_i``. Weighting a kept
-edge by ``A_hat[i, j] * d_i / n_i`` makes ``E[sum_j w_ij h_j] = sum_j A_hat[i, j] h_j``. Layers
-sample independently and propagation is linear, so the multi-layer sum and the (deterministic)
-item hop on top stay unbiased. With fanout ``"all"`` the factor is exactly 1 and every block is
-the exact restriction of ``A_hat`` to its rows.
+Unbiasedness: DGL's neighbour sampler keeps ``n_i = min(fanout, d_i)`` of node i's ``d_i``
+neighbours uniformly without replacement, so each neighbour is kept with probability
+``n_i / d_i``; LABOR-0 (https://arxiv.org/abs/2210.13339) keeps each with the same probability
+``min(fanout, d_i) / d_i`` but draws one variate per SOURCE node, shared by every destination
+of the batch, so destinations that share neighbours sample the same ones and a layer reaches
+far fewer distinct nodes. Weighting a kept edge by ``A_hat[i, j]`` over its probability makes
+``E[sum_j w_ij h_j] = sum_j A_hat[i, j] h_j`` (neighbour sampling divides by the realised
+``n_i``, equal to the expected count). The sampled item hop draws ``item_fanout`` entries of a
+row with replacement, with probability proportional to ``|S_ij|``, each weighted
+``sign(S_ij) sum_j |S_ij| / item_fanout``: unbiased too. Layers sample independently and
+propagation is linear, so the multi-layer sum and the item hop on top stay unbiased. With
+fanout ``"all"`` the factor is exactly 1 and every block is the exact restriction of ``A_hat``
+to its rows.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from sea_dist.graph.knn import ItemGraph
 
 Fanout = Union[int, str]
 NegativePool = Literal["train_items", "all_items"]
+NeighbourSampling = Literal["neighbor", "labor"]
 
 
 def negative_pool(graph: UserItemGraph, pool: NegativePool) -> np.ndarray | None:
@@ -125,6 +134,8 @@ def output_nodes_for(
     pos_items: np.ndarray,
     neg_items: np.ndarray,
     item_hop: ItemGraph | None,
+    item_fanout: Fanout = "all",
+    rng: np.random.Generator | None = None,
 ) -> tuple[np.ndarray, Block | None]:
     """Output nodes of a batch (sorted global ids) and the item-hop block over them.
 
@@ -134,6 +145,10 @@ def output_nodes_for(
         pos_items: ``[B]`` item ids (0-based).
         neg_items: ``[B, n]`` item ids (0-based).
         item_hop: ``S^hops``, or ``None`` for no item hop.
+        item_fanout: ``"all"`` for every entry of a batch item's row of ``S^hops``, or the
+            number of importance draws for a row with more entries than that (module
+            docstring); rows with at most that many are taken whole.
+        rng: source of the draws (needed for an int ``item_fanout``).
 
     Returns:
         ``output_nodes`` and a :class:`Block` with ``num_dst = len(output_nodes)`` whose edges go
@@ -142,8 +157,13 @@ def output_nodes_for(
     batch_items = np.unique(np.concatenate([pos_items, neg_items.reshape(-1)]))
     ids = [users, batch_items + num_users]
     if item_hop is not None:
-        where, row_of = _csr_rows(item_hop.indptr, batch_items)
-        nbr_ids = item_hop.indices[where] + num_users
+        if item_fanout == "all":
+            where, row_of = _csr_rows(item_hop.indptr, batch_items)
+            nbrs, weights = item_hop.indices[where], item_hop.weights[where]
+        else:
+            assert rng is not None, "a sampled item hop needs rng"
+            row_of, nbrs, weights = _sample_rows(item_hop, batch_items, int(item_fanout), rng)
+        nbr_ids = nbrs + num_users
         ids.append(nbr_ids)
     output = np.unique(np.concatenate(ids))
     if item_hop is None:
@@ -155,9 +175,45 @@ def output_nodes_for(
         len(output),
         torch.from_numpy(src),
         torch.from_numpy(dst),
-        torch.from_numpy(item_hop.weights[where]),
+        torch.from_numpy(np.asarray(weights, dtype=np.float32)),
     )
     return output, block
+
+
+def _sample_rows(
+    matrix: ItemGraph, rows: np.ndarray, fanout: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Entries of ``matrix[rows]``: whole rows of at most ``fanout`` entries; ``fanout``
+    draws with replacement, probability proportional to ``|w|``, from the longer ones.
+
+    Returns:
+        ``(row_of, columns, weights)``: the index into ``rows`` of each entry, its column and
+        its weight (a drawn entry: ``sign(w) * sum|w_row| / fanout``; duplicates add up).
+    """
+    where, row_of = _csr_rows(matrix.indptr, rows)
+    lengths = np.diff(matrix.indptr)[rows]
+    whole = np.repeat(lengths <= fanout, lengths)
+    long_rows = np.flatnonzero(lengths > fanout)
+    # Within the long rows' gathered entries, a running sum of |w|: a row's draws land in
+    # its own stretch [lo, hi) of it.
+    entries = where[~whole]
+    magnitude = np.abs(matrix.weights[entries]).astype(np.float64)
+    running = np.cumsum(magnitude)
+    ends = np.cumsum(lengths[long_rows])
+    lo = running[ends - lengths[long_rows]] - magnitude[ends - lengths[long_rows]]
+    hi = running[ends - 1]
+    draws = lo[:, None] + rng.random((len(long_rows), fanout)) * (hi - lo)[:, None]
+    picked = np.searchsorted(running, draws, side="right")
+    picked = np.clip(picked, (ends - lengths[long_rows])[:, None], (ends - 1)[:, None]).ravel()
+    share = np.repeat((hi - lo) / fanout, fanout)
+    drawn = entries[picked]
+    return (
+        np.concatenate([row_of[whole], np.repeat(long_rows, fanout)]),
+        np.concatenate([matrix.indices[where[whole]], matrix.indices[drawn]]),
+        np.concatenate(
+            [matrix.weights[where[whole]], np.sign(matrix.weights[drawn]) * share]
+        ).astype(np.float32),
+    )
 
 
 def check_fanouts(fanouts: Sequence[Fanout]) -> None:
@@ -174,15 +230,33 @@ class BlockSampler:
         graph: the training graph.
         fanouts: one entry per layer, INPUT side first (as in DGL's ``NeighborSampler``):
             a positive int, or ``"all"`` for every neighbour.
+        method: ``"neighbor"`` (DGL's ``NeighborSampler``: exactly ``min(fanout, d)``
+            neighbours per node) or ``"labor"`` (DGL's ``LaborSampler``, LABOR-0: that many in
+            expectation, with far fewer distinct nodes per layer; module docstring).
 
     Not thread-safe: DGL's fused sampler keeps an id map between calls; use one per thread.
     """
 
-    def __init__(self, graph: UserItemGraph, fanouts: Sequence[Fanout]):
+    def __init__(
+        self, graph: UserItemGraph, fanouts: Sequence[Fanout], method: NeighbourSampling = "neighbor"
+    ):
         check_fanouts(fanouts)
         self.graph = graph
         self.fanouts = list(fanouts)
-        self._sampler = dgl.dataloading.NeighborSampler([-1 if f == "all" else f for f in fanouts])
+        self.method = method
+        dgl_fanouts = [-1 if f == "all" else f for f in fanouts]
+        if method == "neighbor":
+            self._sampler = dgl.dataloading.NeighborSampler(dgl_fanouts)
+        elif method == "labor":
+            self._sampler = dgl.dataloading.LaborSampler(dgl_fanouts)
+        else:
+            raise ValueError(f"method must be 'neighbor' or 'labor', got {method!r}")
+
+    def seed(self, value: int) -> None:
+        """Seed the next :meth:`sample` (LABOR keeps its own generator; DGL's global seed,
+        ``dgl.seed``, drives the neighbour sampler)."""
+        if self.method == "labor":
+            self._sampler.set_seed(value)
 
     def sample(self, output_nodes: np.ndarray) -> tuple[torch.Tensor, list[Block]]:
         """Blocks (input side first) whose last destination nodes are ``output_nodes``.
@@ -194,17 +268,19 @@ class BlockSampler:
         if not self.fanouts:
             return seeds, []
         input_nodes, _, dgl_blocks = self._sampler.sample_blocks(self.graph.dgl_graph, seeds)
-        return input_nodes, [self._convert(b) for b in dgl_blocks]
+        return input_nodes, [self._convert(b, f) for b, f in zip(dgl_blocks, self.fanouts)]
 
-    def _convert(self, block: dgl.DGLGraph) -> Block:
+    def _convert(self, block: dgl.DGLGraph, fanout: Fanout) -> Block:
         src_ids = block.srcdata[dgl.NID]
         num_dst = block.num_dst_nodes()
         src, dst = block.edges()
         dst_ids = src_ids[dst]  # destination nodes are a prefix of the source nodes
-        sampled = torch.bincount(dst, minlength=num_dst).double()
-        degrees = tensor_view(self.graph.degrees)
-        weight = self.graph.edge_weights(src_ids[src], dst_ids)
-        weight = weight * degrees[dst_ids].double() / sampled[dst]
+        degrees = tensor_view(self.graph.degrees)[dst_ids].double()
+        if self.method == "labor" and fanout != "all":
+            kept = degrees.clamp(max=float(fanout))  # expected count: each kept w.p. k / d
+        else:
+            kept = torch.bincount(dst, minlength=num_dst).double()[dst]
+        weight = self.graph.edge_weights(src_ids[src], dst_ids) * degrees / kept
         return Block.from_edges(src_ids, num_dst, src, dst, weight)
 
 
@@ -216,10 +292,12 @@ def sample_batch(
     num_negatives: int,
     rng: np.random.Generator,
     pool: np.ndarray | None = None,
+    item_fanout: Fanout = "all",
 ) -> MiniBatch:
     """A sampled BPR minibatch for the seed edges ``edge_ids`` (item features not yet attached).
 
-    Negatives come from ``pool`` (see :func:`sample_negatives`). Positions of the batch's
+    Negatives come from ``pool`` (see :func:`sample_negatives`); ``item_fanout`` bounds the
+    item hop (see :func:`output_nodes_for`). Positions of the batch's
     users and items are found in the (sorted) output nodes; ``loss_items`` are the positions
     of the batch's distinct positive and negative items.
     """
@@ -227,7 +305,7 @@ def sample_batch(
     users = graph.edge_users(edge_ids)
     pos = graph.edge_items(edge_ids)
     neg = sample_negatives(graph, users, num_negatives, rng, pool)
-    output, item_block = output_nodes_for(num_users, users, pos, neg, item_hop)
+    output, item_block = output_nodes_for(num_users, users, pos, neg, item_hop, item_fanout, rng)
     input_nodes, blocks = sampler.sample(output)
     batch_items = np.unique(np.concatenate([pos, neg.reshape(-1)])) + num_users
 

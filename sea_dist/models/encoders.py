@@ -15,6 +15,9 @@ class FeatureMLP(nn.Module):
     .. math::
         f = W_2\, \mathrm{leaky\_relu}(W_1 F)
 
+    ``forward(F, pre=L)`` computes ``f(L(F))`` for a linear ``L`` with ``W_1 L`` as one
+    matrix: ``[N, in] x [in, hidden]`` instead of two products through ``L``'s width.
+
     Args:
         in_dim (int): raw (or mapped) feature width.
         hidden (int): hidden width (reference: 256).
@@ -34,8 +37,13 @@ class FeatureMLP(nn.Module):
         self.lin1.reset_parameters()
         self.lin2.reset_parameters()
 
-    def forward(self, features: Tensor) -> Tensor:
-        return self.lin2(F.leaky_relu(self.lin1(features)))
+    def forward(self, features: Tensor, pre: nn.Linear | None = None) -> Tensor:
+        if pre is None:
+            hidden = self.lin1(features)
+        else:
+            w1, b1 = self.lin1.weight, self.lin1.bias
+            hidden = F.linear(features, w1 @ pre.weight, F.linear(pre.bias, w1, b1))
+        return self.lin2(F.leaky_relu(hidden))
 
 
 class ProjectionHead(nn.Module):

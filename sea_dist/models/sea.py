@@ -43,6 +43,7 @@ class SEAParams:
     solo_anchor: str | None = None
     alpha: float = 0.012
     tau: float = 0.2
+    solo_group: int | None = None
     ureg: float = 0.006
     l2_weight: float = 0.006
     mi_dim: int = 32
@@ -199,13 +200,16 @@ class SEA(Recommender):
     def id_tables(self) -> list[nn.Parameter]:
         return [t.weight for t in (*self.user_tables.values(), self.user_weight)]
 
-    def _encode(self, batch: MiniBatch) -> tuple[Tensor, dict[str, Tensor]]:
-        """Fused output-node representations and each modality's mapped input-item features."""
+    def _encode(
+        self, batch: MiniBatch, mapped_rows: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, Tensor]]:
+        """Fused output-node representations and each modality's mapped features of the input
+        items at ``mapped_rows`` (see :meth:`_inputs`)."""
         if len(batch.blocks) != self.params.num_layers:
             raise ValueError(
                 f"batch has {len(batch.blocks)} blocks, model has {self.params.num_layers} layers"
             )
-        x, mapped = self._inputs(batch.input_nodes, batch.item_features)
+        x, mapped = self._inputs(batch.input_nodes, batch.item_features, mapped_rows)
         # Propagation is linear and column-wise, so one pass over [x_1 | ... | x_M] equals M
         # per-modality passes (spec: each modality has its own parameter-free GCN).
         emb = self._fuse(batch.output_nodes, layer_sum(batch.blocks, x))  # [n_out, M * d]
@@ -215,17 +219,34 @@ class SEA(Recommender):
         return emb, mapped
 
     def _inputs(
-        self, nodes: Tensor, item_features: dict[str, Tensor]
+        self, nodes: Tensor, item_features: dict[str, Tensor], mapped_rows: Tensor | None = None
     ) -> tuple[Tensor, dict[str, Tensor]]:
         """Normalised layer-0 inputs ``[x_1 | ... | x_M]`` of ``nodes`` ``[n, M * d]``, and
-        each modality's mapped features of the items among them."""
+        each modality's mapped features ``L_m(F_m)`` of the input items at ``mapped_rows``
+        (none when ``None``).
+
+        When ``L_m`` is a plain linear map and the split losses need fewer rows than the
+        encoder reads, ``L_m`` is folded into the encoder's first layer (there is no
+        nonlinearity between them): one GEMM per input item instead of two, the same values
+        up to rounding, and ``L_m`` runs on ``mapped_rows`` alone.
+        """
         is_item = nodes >= self.num_users
         user_ids = nodes[~is_item]
         mapped, inputs = {}, []
         for m in self.modalities:
-            lin = self.maps[m]
-            mapped[m] = lin(item_features[m].to(lin.weight.dtype))  # [I_in, w_m]
-            x = assemble_inputs(is_item, self.user_tables[m](user_ids), self.encoders[m](mapped[m]))
+            lin, encoder = self.maps[m], self.encoders[m]
+            features = item_features[m].to(lin.weight.dtype)  # [I_in, F_m]
+            fold = type(lin) is nn.Linear and features.shape[0] > encoder.lin1.out_features
+            if fold and (mapped_rows is None or len(mapped_rows) < features.shape[0]):
+                items = encoder(features, pre=lin)
+                if mapped_rows is not None:
+                    mapped[m] = lin(features[mapped_rows])
+            else:
+                full = lin(features)  # [I_in, w_m]
+                items = encoder(full)
+                if mapped_rows is not None:
+                    mapped[m] = full[mapped_rows]
+            x = assemble_inputs(is_item, self.user_tables[m](user_ids), items)
             inputs.append(F.normalize(x, dim=1))
         return torch.cat(inputs, dim=1), mapped
 
@@ -252,19 +273,21 @@ class SEA(Recommender):
         return self._fuse(nodes, layer_sum)
 
     def forward(self, batch: MiniBatch) -> dict[str, Any]:
-        emb, mapped = self._encode(batch)
+        rows = item_feature_rows(batch, batch.loss_items)
+        emb, mapped = self._encode(batch, rows)
         pos, neg = triple_scores(emb, batch)
         bpr = bpr_loss(pos, neg, log2=True)
         loss, out = bpr, {"bpr": bpr.detach()}
 
-        rows = item_feature_rows(batch, batch.loss_items)
-        parts = {m: split_generic_unique(mapped[m][rows]) for m in self.modalities}
+        parts = {m: split_generic_unique(mapped[m]) for m in self.modalities}
         # Batch norm needs two rows; a one-item batch has no negatives for InfoNCE anyway.
         if self.heads and len(rows) >= 2:
             assert self.anchor is not None  # set whenever use_solo is
             views = {m: self.heads[m](parts[m][0]) for m in self.modalities}  # [N, proj_dim]
             others = [views[m] for m in self.modalities if m != self.anchor]
-            solo = solo_sim_loss(views[self.anchor], others, self.params.tau)
+            solo = solo_sim_loss(
+                views[self.anchor], others, self.params.tau, self.params.solo_group
+            )
             loss = loss + self.params.alpha * solo
             out["solo"] = solo.detach()
         if self.to_generic:

@@ -246,6 +246,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         data.features,
         mode=cfg.train.mode,
         fanouts=cfg.train.fanouts,
+        sampler=cfg.train.sampler,
+        item_fanout=cfg.train.item_fanout,
         num_layers=cfg.model.num_layers,
         item_hops=cfg.graph.item_hops,
         batch_size=cfg.train.batch_size,

@@ -137,10 +137,12 @@ def test_fanout_all_equals_full_graph(setup, hops):
     np.testing.assert_array_equal(ids[batch.pos_items].numpy() - graph.num_users, graph.edge_items(edge_ids))
 
 
-def test_finite_fanouts_are_unbiased(setup):
+@pytest.mark.parametrize("method, item_fanout", [("neighbor", "all"), ("labor", "all"), ("neighbor", 2)])
+def test_finite_fanouts_are_unbiased(setup, method, item_fanout):
     data, graph, item_graph, x_all = setup
     assert np.median(graph.degrees) > 2  # fanout 2 really subsamples
-    sampler = BlockSampler(graph, [2, 2])
+    assert np.diff(item_graph.indptr).min() > 2  # and item fanout 2 too
+    sampler = BlockSampler(graph, [2, 2], method)
     edge_ids = np.arange(0, graph.num_edges, 7)
     want = full_output(data, item_graph, 1, 2, x_all)
     targets = np.unique(np.concatenate([graph.edge_users(edge_ids), graph.edge_items(edge_ids) + graph.num_users]))
@@ -148,7 +150,9 @@ def test_finite_fanouts_are_unbiased(setup):
     errors = {}
     for draw in range(1, 401):
         dgl.seed(draw)
-        batch = sample_batch(graph, sampler, item_graph, edge_ids, 1, np.random.default_rng(draw))
+        sampler.seed(draw)
+        batch = sample_batch(graph, sampler, item_graph, edge_ids, 1, np.random.default_rng(draw),
+                             item_fanout=item_fanout)
         out = model_output(batch, x_all.float()).double()
         total += out[np.searchsorted(batch.output_nodes.numpy(), targets)]
         if draw in (25, 400):
@@ -159,3 +163,54 @@ def test_finite_fanouts_are_unbiased(setup):
     # The error of the mean shrinks like 1/sqrt(draws): expected ratio 1/4.
     assert errors[400] < 0.5 * errors[25]
     assert errors[400] < 0.06  # one draw: ~0.6, so ~0.03 expected at 400
+
+
+def test_labor_reaches_fewer_nodes_than_neighbour_sampling_at_the_same_fanout():
+    # Many destinations sharing a few hubs: LABOR's per-source variates make them pick the same.
+    rng = np.random.default_rng(0)
+    users = rng.integers(0, 400, 8000)
+    items = rng.zipf(1.3, 8000) % 300
+    graph = build_graph(400, 300, users, items)
+    seeds = np.arange(0, 400, 2)
+    counts = {}
+    for method in ("neighbor", "labor"):
+        sampler = BlockSampler(graph, [3, 3], method)
+        sizes = []
+        for draw in range(20):
+            dgl.seed(draw)
+            sampler.seed(draw)
+            sizes.append(len(sampler.sample(seeds)[0]))
+        counts[method] = np.mean(sizes)
+    assert counts["labor"] < 0.9 * counts["neighbor"]
+
+
+def test_labor_is_reproducible_from_its_seed(setup):
+    _, graph, _, _ = setup
+    sampler = BlockSampler(graph, [2, 2], "labor")
+    seeds = np.arange(0, graph.num_nodes, 5)
+    runs = []
+    for _ in range(2):
+        sampler.seed(42)
+        nodes, blocks = sampler.sample(seeds)
+        runs.append((nodes, blocks[0].adj.to_dense()))
+    torch.testing.assert_close(runs[0][0], runs[1][0])
+    torch.testing.assert_close(runs[0][1], runs[1][1])
+
+
+def test_item_fanout_bounds_the_item_hop(setup):
+    data, graph, item_graph, _ = setup
+    edge_ids = np.arange(0, graph.num_edges, 3)
+    sampler = BlockSampler(graph, [2, 2])
+    exact = sample_batch(graph, sampler, item_graph, edge_ids, 1, np.random.default_rng(0))
+    sampled = sample_batch(graph, sampler, item_graph, edge_ids, 1, np.random.default_rng(0), item_fanout=1)
+    batch_items = len(sampled.loss_items)
+    # one entry per batch item's row (rows of one entry are whole), so at most one neighbour each
+    assert sampled.item_graph.num_edges <= batch_items
+    assert exact.item_graph.num_edges > 2 * batch_items
+    # each row's weights still sum to the row's total |S| (a single draw carries all of it)
+    rows = exact.item_graph.adj.to_dense().sum(1)
+    got = sampled.item_graph.adj.to_dense().sum(1)
+    ids_exact, ids_sampled = exact.output_nodes.numpy(), sampled.output_nodes.numpy()
+    for pos in sampled.loss_items.tolist():
+        node = ids_sampled[pos]
+        assert abs(float(got[pos]) - float(rows[np.searchsorted(ids_exact, node)])) < 1e-5

@@ -83,3 +83,16 @@ def test_blocked_info_nce_passes_gradcheck() -> None:
     a = torch.randn(9, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     c = torch.randn(9, 3, generator=gen, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda x, y: info_nce(x, y, 0.5), (a, c))
+
+
+def test_grouped_info_nce_averages_the_groups_info_nce() -> None:
+    g = torch.Generator().manual_seed(3)
+    a, c = torch.randn(10, 4, generator=g), torch.randn(10, 4, generator=g)
+    # 10 rows, groups of at most 4: 3 groups, rows k, k+3, k+6, ...
+    want = sum(len(range(k, 10, 3)) * info_nce(a[k::3], c[k::3], 0.5) for k in range(3)) / 10
+    torch.testing.assert_close(info_nce(a, c, 0.5, group=4), want)
+    torch.testing.assert_close(info_nce(a, c, 0.5, group=10), info_nce(a, c, 0.5))
+    assert abs(float(info_nce(a, c, 0.5, group=4) - info_nce(a, c, 0.5))) > 1e-3
+    torch.testing.assert_close(
+        solo_sim_loss(a, [c], 0.5, group=4), info_nce(a, c, 0.5, group=4)
+    )

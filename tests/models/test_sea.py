@@ -260,3 +260,27 @@ def test_constructor_rejects_bad_modalities() -> None:
         SEA(3, 4, {"image": 8})
     with pytest.raises(ValueError, match="narrower"):
         SEA(3, 4, {"image": 8, "text": 1})
+
+
+def test_map_folded_into_the_encoder_gives_the_same_inputs_and_gradients(toy: ToyGraph) -> None:
+    model = make_sea(toy, feature_hidden=4)  # narrower than the batch's items: the fold applies
+    batch, _ = toy.sampled_batch(2, toy.triples(5))
+    n_items = int(batch.input_is_item.sum())
+    rows = item_feature_rows(batch, batch.loss_items)
+    assert 4 < n_items and len(rows) < n_items
+    probe = torch.randn(len(batch.input_nodes), 32, generator=torch.Generator().manual_seed(1))
+    results = []
+    for mapped_rows in (rows, torch.arange(n_items)):  # folded, then the plain two products
+        model.zero_grad()
+        x, mapped = model._inputs(batch.input_nodes, batch.item_features, mapped_rows)
+        mapped = {m: v[rows] if len(mapped_rows) == n_items else v for m, v in mapped.items()}
+        ((x * probe).sum() + sum(v.pow(2).sum() for v in mapped.values())).backward()
+        grads = [model.maps[m].weight.grad.clone() for m in model.modalities]
+        grads += [model.encoders[m].lin1.weight.grad.clone() for m in model.modalities]
+        results.append((x.detach(), mapped, grads))
+    (x_fold, mapped_fold, grads_fold), (x_plain, mapped_plain, grads_plain) = results
+    torch.testing.assert_close(x_fold, x_plain, rtol=1e-5, atol=1e-6)
+    for m in model.modalities:
+        torch.testing.assert_close(mapped_fold[m], mapped_plain[m], rtol=1e-5, atol=1e-6)
+    for got, want in zip(grads_fold, grads_plain):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
