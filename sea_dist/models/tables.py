@@ -69,6 +69,7 @@ class IdTable(nn.Module):
         self.weight = nn.Parameter(torch.empty(num_rows, dim))
         self.seed: int | None = None  # drawn by reset_parameters
         self.filled = False
+        self.sparse_grad = False  # see sparse_table_gradients
 
     def reset_parameters(self) -> None:
         self.seed = int(torch.randint(2**62, (), device="cpu"))
@@ -106,7 +107,19 @@ class IdTable(nn.Module):
                 "this IdTable was never filled: call reset_parameters() (its model's does) "
                 "outside deferred_tables(), or shard it"
             )
-        return self.weight[ids]
+        return F.embedding(ids, self.weight, sparse=self.sparse_grad)
 
     def extra_repr(self) -> str:
         return f"{self.num_rows}, {self.dim}, init={self.init}"
+
+
+def sparse_table_gradients(model: nn.Module) -> None:
+    """Make every :class:`IdTable` of ``model`` produce a row-sparse gradient (the rows looked
+    up, as ``torch.sparse_coo_tensor``), for a ``SparseAdam``.
+
+    A dense gradient of a 3M-row table is the whole table, zero-filled, scattered into and
+    scanned for touched rows at every step, however few rows the batch read.
+    """
+    for module in model.modules():
+        if isinstance(module, IdTable):
+            module.sparse_grad = True

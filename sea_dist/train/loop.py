@@ -44,7 +44,7 @@ from sea_dist.graph.loader import MiniBatchLoader
 from sea_dist.graph.slices import GraphSlices
 from sea_dist.models.base import Recommender
 from sea_dist.models.registry import build_model, resolve_item_labels
-from sea_dist.models.tables import deferred_tables
+from sea_dist.models.tables import deferred_tables, sparse_table_gradients
 from sea_dist.train.checkpoint import (
     STATE_FILE,
     find_checkpoint,
@@ -276,6 +276,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # Sampled steps touch few table rows: sparse grads + SparseAdam. Full-graph steps touch
     # every row anyway, so they keep the reference's dense Adam.
     sparse_tables = cfg.train.mode == "sampled"
+    if sparse_tables:
+        sparse_table_gradients(model)  # sharded tables already return sparse gradients
     optimizers = build_optimizers(
         model,
         lr=cfg.train.lr,

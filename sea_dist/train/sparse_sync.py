@@ -19,11 +19,20 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 
-def _touched_rows(grad: Tensor) -> Tensor:
-    """Ids of rows with a non-zero gradient. Scans the table locally; sends nothing."""
+def _touched_rows(grad: Tensor) -> tuple[Tensor, Tensor]:
+    """Ids and gradient rows of the rows with a non-zero gradient; sends nothing.
+
+    A dense gradient is scanned whole; a sparse one (:func:`~sea_dist.models.tables.
+    sparse_table_gradients`) only over the rows it holds. Rows whose gradient is zero are left
+    out either way, so SparseAdam's moments of a row move only when its gradient does.
+    """
     if grad.is_sparse:
-        return grad.coalesce().indices()[0]
-    return torch.nonzero(grad.abs().sum(dim=1), as_tuple=True)[0]
+        grad = grad.coalesce()
+        rows, values = grad.indices()[0], grad.values()
+        nonzero = values.abs().sum(dim=1) != 0
+        return rows[nonzero], values[nonzero]
+    rows = torch.nonzero(grad.abs().sum(dim=1), as_tuple=True)[0]
+    return rows, grad.index_select(0, rows)
 
 
 def _gather_rows(rows: Tensor, values: Tensor, world_size: int) -> tuple[Tensor, Tensor]:
@@ -61,9 +70,7 @@ def sync_sparse_grads(tables: list[nn.Parameter]) -> int:
     for table in tables:
         if table.grad is None:
             continue
-        grad = table.grad.coalesce() if table.grad.is_sparse else table.grad
-        rows = _touched_rows(grad)
-        values = grad.index_select(0, rows) if not grad.is_sparse else grad.values()
+        rows, values = _touched_rows(table.grad)
         if distributed and world_size > 1:
             sent += (rows.numel() * rows.element_size() + values.numel() * values.element_size()) * (
                 world_size - 1

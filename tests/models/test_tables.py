@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sea_dist.models.registry import registered_models
-from sea_dist.models.tables import ROWS_PER_DRAW, IdTable, deferred_tables
+from sea_dist.models.tables import ROWS_PER_DRAW, IdTable, deferred_tables, sparse_table_gradients
 from sea_dist.train.sharding import ShardedIdTable
 from tests.models.test_registry import build
 from tests.models.toy_graph import ToyGraph
@@ -66,3 +66,20 @@ def test_deferred_model_shards_hold_the_rows_a_filled_model_starts_with(
     for (n, p), q in zip(deferred.named_parameters(), filled.parameters()):
         if n not in table_weights:
             assert torch.equal(p, q), n
+
+
+def test_sparse_table_gradients_hold_the_dense_gradient_rows() -> None:
+    torch.manual_seed(0)
+    tables = [IdTable(50, 4) for _ in range(2)]
+    for t in tables:
+        t.reset_parameters()
+    tables[1].load_state_dict(tables[0].state_dict())
+    sparse_table_gradients(tables[1])
+    ids = torch.tensor([[3, 7, 3], [49, 0, 7]])
+    probe = torch.randn(2, 3, 4)
+    for t in tables:
+        (t(ids) * probe).sum().backward()
+    dense, sparse = tables[0].weight.grad, tables[1].weight.grad
+    assert not dense.is_sparse and sparse.is_sparse
+    assert sorted(sparse.coalesce().indices()[0].tolist()) == [0, 3, 7, 49]
+    torch.testing.assert_close(sparse.to_dense(), dense)

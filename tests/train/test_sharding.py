@@ -22,6 +22,7 @@ from sea_dist.graph.knn import build_item_graph
 from sea_dist.graph.loader import MiniBatchLoader
 from sea_dist.graph.partition import partition_seed_edges
 from sea_dist.models.registry import build_model
+from sea_dist.models.tables import sparse_table_gradients
 from sea_dist.data.store import open_store
 from sea_dist.train.checkpoint import load_checkpoint, save_checkpoint, save_tables
 from sea_dist.train.loop import _load_training_state, _training_state
@@ -64,6 +65,7 @@ def _worker(
     dims = {m: int(f.shape[1]) for m, f in features.items()}
     model = build_model(CFGS[model_name], store.num_users, store.num_items, dims)
     tables = shard_tables(model, rank, world) if sharded else {}
+    sparse_table_gradients(model)  # what the loop does: replicated tables send sparse grads
     optimizers = build_optimizers(model, lr=1e-2, estimator_lr=1e-3, sparse_tables=True)
     if start:  # this rank's rows of whatever layout the checkpoint has
         _load_training_state(model, optimizers, tables, load_checkpoint(start), start)
