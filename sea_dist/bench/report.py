@@ -52,7 +52,7 @@ def _ms(s: dict[str, Any], digits: int = 0, scale: float = 1.0) -> str:
             f"[{_fmt(s['min'] * scale, digits)}, {_fmt(s['max'] * scale, digits)}]")
 
 
-def _machine_line(m: dict[str, Any]) -> str:
+def machine_line(m: dict[str, Any]) -> str:
     gpus = ", ".join(g["name"] for g in m.get("gpus", [])) or "no GPU"
     v = m.get("versions", {})
     return (f"{m.get('cpu')}, {m.get('logical_cores')} logical cores, {m.get('memory_gib')} GiB, "
@@ -66,7 +66,7 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         results.get("description", "").strip(),
         "",
-        f"Machine: {_machine_line(results['machine'])}. Device: {results.get('device')}. "
+        f"Machine: {machine_line(results['machine'])}. Device: {results.get('device')}. "
         f"Bench wall time {_fmt(results.get('bench_wall_s'), 0)} s.",
         "",
     ]

@@ -38,14 +38,26 @@ class Block:
         edge_src: Tensor,
         edge_dst: Tensor,
         edge_weight: Tensor,
+        distinct: bool = False,
     ) -> Block:
-        """Build from local edge lists (``edge_src`` indexes ``src_nodes``, ``edge_dst`` the dst)."""
-        coo = torch.sparse_coo_tensor(
-            torch.stack([edge_dst.long(), edge_src.long()]),
-            edge_weight.float(),
-            (num_dst, len(src_nodes)),
-        ).coalesce()
-        return cls(src_nodes=src_nodes.long(), num_dst=num_dst, adj=coo.to_sparse_csr())
+        """Build from local edge lists (``edge_src`` indexes ``src_nodes``, ``edge_dst`` the dst).
+
+        Repeated ``(dst, src)`` pairs are summed. ``distinct=True`` promises there are none
+        (a sampled block), and the CSR rows are laid out directly: no sort when the edges
+        already come grouped by destination, as DGL's blocks do.
+        """
+        shape = (num_dst, len(src_nodes))
+        dst, src, weight = edge_dst.long(), edge_src.long(), edge_weight.float()
+        if not distinct:
+            coo = torch.sparse_coo_tensor(torch.stack([dst, src]), weight, shape).coalesce()
+            return cls(src_nodes=src_nodes.long(), num_dst=num_dst, adj=coo.to_sparse_csr())
+        if len(dst) > 1 and not bool((dst[1:] >= dst[:-1]).all()):
+            order = torch.argsort(dst, stable=True)
+            dst, src, weight = dst[order], src[order], weight[order]
+        crow = torch.zeros(num_dst + 1, dtype=torch.long)
+        crow[1:] = torch.cumsum(torch.bincount(dst, minlength=num_dst), 0)
+        adj = torch.sparse_csr_tensor(crow, src, weight, shape)
+        return cls(src_nodes=src_nodes.long(), num_dst=num_dst, adj=adj)
 
     @property
     def dst_nodes(self) -> Tensor:

@@ -281,7 +281,7 @@ class BlockSampler:
         else:
             kept = torch.bincount(dst, minlength=num_dst).double()[dst]
         weight = self.graph.edge_weights(src_ids[src], dst_ids) * degrees / kept
-        return Block.from_edges(src_ids, num_dst, src, dst, weight)
+        return Block.from_edges(src_ids, num_dst, src, dst, weight, distinct=True)
 
 
 def sample_batch(

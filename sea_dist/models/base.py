@@ -135,9 +135,12 @@ def assemble_inputs(is_item: Tensor, user_rows: Tensor, item_rows: Tensor) -> Te
         is_item: ``[N]`` bool, user_rows: ``[#users, d]``, item_rows: ``[#items, d]``
         -> ``[N, d]``.
     """
-    out = user_rows.new_zeros((len(is_item), user_rows.shape[1]))
-    out = out.index_copy(0, torch.nonzero(~is_item, as_tuple=True)[0], user_rows)
-    return out.index_copy(0, torch.nonzero(is_item, as_tuple=True)[0], item_rows)
+    # One gather from [users; items]: a single pass over [N, d] each way, where scattering both
+    # into a zeroed [N, d] makes three (each out-of-place index_copy copies the whole output).
+    source = torch.empty(len(is_item), dtype=torch.long, device=is_item.device)
+    source[~is_item] = torch.arange(len(user_rows), device=is_item.device)
+    source[is_item] = torch.arange(len(item_rows), device=is_item.device) + len(user_rows)
+    return torch.cat([user_rows, item_rows]).index_select(0, source)
 
 
 def triple_scores(emb: Tensor, batch: MiniBatch) -> tuple[Tensor, Tensor]:

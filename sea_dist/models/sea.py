@@ -44,6 +44,7 @@ class SEAParams:
     alpha: float = 0.012
     tau: float = 0.2
     solo_group: int | None = None
+    tower_dtype: Literal["float32", "bfloat16"] = "float32"
     ureg: float = 0.006
     l2_weight: float = 0.006
     mi_dim: int = 32
@@ -232,23 +233,31 @@ class SEA(Recommender):
         """
         is_item = nodes >= self.num_users
         user_ids = nodes[~is_item]
-        mapped, inputs = {}, []
+        mapped, users, items_in = {}, [], []
         for m in self.modalities:
             lin, encoder = self.maps[m], self.encoders[m]
             features = item_features[m].to(lin.weight.dtype)  # [I_in, F_m]
             fold = type(lin) is nn.Linear and features.shape[0] > encoder.lin1.out_features
             if fold and (mapped_rows is None or len(mapped_rows) < features.shape[0]):
-                items = encoder(features, pre=lin)
+                with self._tower_autocast(features):
+                    items = encoder(features, pre=lin)
                 if mapped_rows is not None:
                     mapped[m] = lin(features[mapped_rows])
             else:
                 full = lin(features)  # [I_in, w_m]
-                items = encoder(full)
+                with self._tower_autocast(features):
+                    items = encoder(full)
                 if mapped_rows is not None:
                     mapped[m] = full[mapped_rows]
-            x = assemble_inputs(is_item, self.user_tables[m](user_ids), items)
-            inputs.append(F.normalize(x, dim=1))
-        return torch.cat(inputs, dim=1), mapped
+            # Rows are normalised on their own, so users and items are assembled once.
+            items_in.append(F.normalize(items.to(lin.weight.dtype), dim=1))
+            users.append(F.normalize(self.user_tables[m](user_ids), dim=1))
+        return assemble_inputs(is_item, torch.cat(users, dim=1), torch.cat(items_in, dim=1)), mapped
+
+    def _tower_autocast(self, features: Tensor) -> torch.autocast:
+        """The feature encoder's products in ``tower_dtype`` (weights stay float32)."""
+        on = self.params.tower_dtype == "bfloat16"
+        return torch.autocast(features.device.type, dtype=torch.bfloat16, enabled=on)
 
     def _fuse(self, nodes: Tensor, xh: Tensor) -> Tensor:
         """Users: each modality's block of ``xh`` scaled by ``w_u``; items unchanged."""
