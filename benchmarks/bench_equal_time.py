@@ -13,7 +13,9 @@ their commas). Training is cut into short epochs (``--chunk-edges`` seed edges e
 ``train.max_steps_per_epoch``) so validation samples the curve often, and stops when the
 cumulative training time (``epoch_time_s``: sampling, steps, estimator, sync, optimizer;
 validation excluded, as it does not depend on the training settings) passes ``--budget``
-seconds. The figure for a variant is the best valid Recall@20 reached within the budget, on
+seconds. A variant may set ``train.max_steps_per_epoch`` itself, so that fast ones validate
+about as often in time as slow ones; ``--reuse`` keeps a variant whose run already spent the
+budget. The figure for a variant is the best valid Recall@20 reached within the budget, on
 the scenario's evaluation sample; the JSON keeps every epoch's point.
 """
 
@@ -23,6 +25,7 @@ import argparse
 import json
 import math
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -66,8 +69,13 @@ def _run(
         *overrides,
     ]
     cfg = load_config(config, settings)  # refused here, with its key, before anything runs
-    steps = max(1, math.ceil(args.chunk_edges / cfg.train.batch_size))
+    # A variant may set its own epoch length (fast variants: fewer validations per budget).
+    steps = cfg.train.max_steps_per_epoch or max(1, math.ceil(args.chunk_edges / cfg.train.batch_size))
     run_dir = Path(args.work) / name
+    metrics = run_dir / "metrics.jsonl"
+    points = _points(metrics)
+    if args.reuse and points and points[-1]["train_s"] >= args.budget:
+        return _result(overrides, steps, cfg.train.batch_size, points, args.budget, None)
     command = [
         sys.executable, "-m", "sea_dist", "--log-level", "WARNING", "train",
         "--config", str(config), "--output", str(run_dir), "--workers", "1", "--quiet",
@@ -77,24 +85,37 @@ def _run(
         "--set", f"train.patience={args.max_epochs + 1}",
         "--set", f"train.checkpoint_every={args.max_epochs}",
     ]  # fmt: skip
-    metrics = run_dir / "metrics.jsonl"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a cut run cannot resume: its budget check would be off
     started = time.perf_counter()
     process = subprocess.Popen(command)
-    points: list[dict[str, float]] = []
     while process.poll() is None:
         time.sleep(2)
         points = _points(metrics)
         if points and points[-1]["train_s"] >= args.budget:
             process.terminate()  # the budget is spent; later epochs would not count
             process.wait()
-    points = _points(metrics)
+    return _result(
+        overrides, steps, cfg.train.batch_size, _points(metrics), args.budget,
+        time.perf_counter() - started,
+    )  # fmt: skip
+
+
+def _result(
+    overrides: list[str],
+    steps: int,
+    batch_size: int,
+    points: list[dict[str, float]],
+    budget: float,
+    wall_s: float | None,
+) -> dict[str, Any]:
     return {
         "overrides": overrides,
         "steps_per_epoch": steps,
-        "batch_size": cfg.train.batch_size,
+        "batch_size": batch_size,
         "points": points,
-        "best_within_budget": best_within(points, args.budget),
-        "wall_s": time.perf_counter() - started,
+        "best_within_budget": best_within(points, budget),
+        "wall_s": wall_s,
     }
 
 
@@ -127,7 +148,7 @@ def _markdown(result: dict[str, Any]) -> str:
         f"Budget {result['budget_s']:.0f} s of training per variant, one worker, "
         f"`{result['command']}`; {machine_line(result['machine'])}.",
         "",
-        "| variant | batch | seed edges/s (median) | best valid R@20 within budget | at s | epochs |",
+        "| variant | batch | seed edges/s (median) | best valid R@20 within budget | at s | validations run |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, run in result["variants"].items():
@@ -156,6 +177,9 @@ def main() -> None:
     parser.add_argument("--max-epochs", type=int, default=1000)
     parser.add_argument("--cache-dir", default="runs/cache")
     parser.add_argument("--work", default="runs/equal_time")
+    parser.add_argument(
+        "--reuse", action="store_true", help="keep a variant whose run already spent the budget"
+    )
     parser.add_argument("--out", required=True, help="results JSON (a .md is written beside it)")
     args = parser.parse_args()
     scenario, scenario_file = load_scenario(args.scenario)

@@ -198,7 +198,8 @@ def _run_training_scenario(
         "workers": worker_counts,
         "config": {"file": str(config_file), "overrides": base, "model": cfg.model.name,
                    "mode": cfg.train.mode, "batch_size": cfg.train.batch_size,
-                   "fanouts": cfg.train.fanouts, "data": str(data_path)},
+                   "fanouts": cfg.train.fanouts, "sampler": cfg.train.sampler,
+                   "item_fanout": cfg.train.item_fanout, "data": str(data_path)},
     }
     dims = _feature_dims(cfg)
 

@@ -17,7 +17,8 @@ neighbours uniformly without replacement, so each neighbour is kept with probabi
 ``n_i / d_i``; LABOR-0 (https://arxiv.org/abs/2210.13339) keeps each with the same probability
 ``min(fanout, d_i) / d_i`` but draws one variate per SOURCE node, shared by every destination
 of the batch, so destinations that share neighbours sample the same ones and a layer reaches
-far fewer distinct nodes. Weighting a kept edge by ``A_hat[i, j]`` over its probability makes
+fewer distinct nodes (how many fewer depends on how much they share: 4 % on the generated
+million-item catalogue, whose interactions are uniform). Weighting a kept edge by ``A_hat[i, j]`` over its probability makes
 ``E[sum_j w_ij h_j] = sum_j A_hat[i, j] h_j`` (neighbour sampling divides by the realised
 ``n_i``, equal to the expected count). The sampled item hop draws ``item_fanout`` entries of a
 row with replacement, with probability proportional to ``|S_ij|``, each weighted
@@ -232,7 +233,7 @@ class BlockSampler:
             a positive int, or ``"all"`` for every neighbour.
         method: ``"neighbor"`` (DGL's ``NeighborSampler``: exactly ``min(fanout, d)``
             neighbours per node) or ``"labor"`` (DGL's ``LaborSampler``, LABOR-0: that many in
-            expectation, with far fewer distinct nodes per layer; module docstring).
+            expectation, with fewer distinct nodes per layer; module docstring).
 
     Not thread-safe: DGL's fused sampler keeps an id map between calls; use one per thread.
     """

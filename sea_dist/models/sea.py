@@ -237,8 +237,9 @@ class SEA(Recommender):
         for m in self.modalities:
             lin, encoder = self.maps[m], self.encoders[m]
             features = item_features[m].to(lin.weight.dtype)  # [I_in, F_m]
-            fold = type(lin) is nn.Linear and features.shape[0] > encoder.lin1.out_features
-            if fold and (mapped_rows is None or len(mapped_rows) < features.shape[0]):
+            n = features.shape[0]
+            fold = type(lin) is nn.Linear and n > encoder.lin1.out_features
+            if fold and (mapped_rows is None or len(mapped_rows) < n):
                 with self._tower_autocast(features):
                     items = encoder(features, pre=lin)
                 if mapped_rows is not None:

@@ -70,12 +70,16 @@ def sync_sparse_grads(tables: list[nn.Parameter]) -> int:
     for table in tables:
         if table.grad is None:
             continue
-        rows, values = _touched_rows(table.grad)
-        if distributed and world_size > 1:
+        rows, values = _touched_rows(table.grad)  # sorted and distinct
+        gathered = distributed and world_size > 1
+        if gathered:
             sent += (rows.numel() * rows.element_size() + values.numel() * values.element_size()) * (
                 world_size - 1
             )
             rows, values = _gather_rows(rows, values, world_size)
             values = values / world_size  # DDP averages dense gradients; match it
-        table.grad = torch.sparse_coo_tensor(rows.unsqueeze(0), values, table.shape).coalesce()
+        grad = torch.sparse_coo_tensor(
+            rows.unsqueeze(0), values, table.shape, is_coalesced=not gathered
+        )
+        table.grad = grad.coalesce() if gathered else grad  # SparseAdam coalesces otherwise
     return sent

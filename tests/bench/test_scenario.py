@@ -85,3 +85,10 @@ def test_stage_scenario_key_names_skip_the_tag(tmp_path):
 def test_unknown_name_lists_known(tmp_path):
     with pytest.raises(ConfigError, match="known: .*tiktok"):
         load_scenario("no_such_scenario")
+
+
+def test_million_epoch_trains_on_the_million_data():
+    # The same generated store, so the kNN graph a million run cached is found again.
+    epoch, _ = load_scenario("million_epoch")
+    stages, _ = load_scenario("million")
+    assert epoch.data.generate == stages.data.generate

@@ -284,3 +284,15 @@ def test_map_folded_into_the_encoder_gives_the_same_inputs_and_gradients(toy: To
         torch.testing.assert_close(mapped_fold[m], mapped_plain[m], rtol=1e-5, atol=1e-6)
     for got, want in zip(grads_fold, grads_plain):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_bfloat16_tower_stays_close_to_float32(toy: ToyGraph) -> None:
+    batch, _ = toy.sampled_batch(2, toy.triples(5))
+    out = {}
+    for dtype in ("float32", "bfloat16"):
+        model = make_sea(toy, feature_hidden=4, tower_dtype=dtype)
+        x, _ = model._inputs(batch.input_nodes, batch.item_features)
+        assert x.dtype == torch.float32
+        out[dtype] = x.detach()
+    diff = (out["bfloat16"] - out["float32"]).abs().max()
+    assert 0 < diff < 2e-2  # bfloat16 keeps 8 bits of mantissa; rows are unit-normalised
