@@ -158,9 +158,11 @@ def _markdown(result: dict[str, Any]) -> str:
         if best is None:
             lines.append(f"| {name} | {run['batch_size']} | {rate:,.0f} | none | | 0 |")
             continue
+        ci = best["recall@20_ci95"]  # NaN when every user is evaluated: no sampling error
+        spread = "" if math.isnan(ci) else f" ± {ci:.4f}"
         lines.append(
-            f"| {name} | {run['batch_size']} | {rate:,.0f} | {best['recall@20']:.4f} "
-            f"± {best['recall@20_ci95']:.4f} | {best['train_s']:.0f} | {len(points)} |"
+            f"| {name} | {run['batch_size']} | {rate:,.0f} | {best['recall@20']:.4f}{spread} "
+            f"| {best['train_s']:.0f} | {len(points)} |"
         )
     lines += ["", "Overrides:", ""]
     lines += [f"- {n}: `{' '.join(r['overrides']) or '(the scenario as it is)'}`"

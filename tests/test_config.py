@@ -196,3 +196,13 @@ def test_vbpr_takes_no_layers_and_mentor_checks_its_weights() -> None:
         load_config(CONFIGS / "vbpr.yaml", ["train.mode=sampled", "train.fanouts=[10, 10]"])
     with pytest.raises(ConfigError, match=r"model\.dropout"):
         load_config(CONFIGS / "mentor.yaml", ["model.dropout=1.0"])
+
+
+def test_large_catalogue_config_keeps_the_model_and_bounds_the_step() -> None:
+    cfg = load_config(CONFIGS / "sea_large.yaml")
+    reference = load_config(CONFIGS / "sea.yaml")
+    assert (cfg.train.mode, cfg.train.sampler, cfg.train.item_fanout) == ("sampled", "labor", 2)
+    assert isinstance(cfg.model, SEACfg) and cfg.model.solo_group == 1024
+    # only the step's bounds differ from the reference model
+    same = {"alpha", "tau", "ureg", "embedding_dim", "num_layers", "feature_hidden", "distancing"}
+    assert {k: getattr(cfg.model, k) for k in same} == {k: getattr(reference.model, k) for k in same}
