@@ -70,7 +70,7 @@ def _run(
     ]
     cfg = load_config(config, settings)  # refused here, with its key, before anything runs
     # A variant may set its own epoch length (fast variants: fewer validations per budget).
-    steps = cfg.train.max_steps_per_epoch or max(1, math.ceil(args.chunk_edges / cfg.train.batch_size))
+    steps = cfg.train.max_steps_per_epoch or math.ceil(args.chunk_edges / cfg.train.batch_size)
     run_dir = Path(args.work) / name
     metrics = run_dir / "metrics.jsonl"
     points = _points(metrics)
@@ -148,7 +148,8 @@ def _markdown(result: dict[str, Any]) -> str:
         f"Budget {result['budget_s']:.0f} s of training per variant, one worker, "
         f"`{result['command']}`; {machine_line(result['machine'])}.",
         "",
-        "| variant | batch | seed edges/s (median) | best valid R@20 within budget | at s | validations run |",
+        "| variant | batch | seed edges/s (median) | best valid R@20 within budget | at s "
+        "| validations run |",
         "|---|---:|---:|---:|---:|---:|",
     ]
     for name, run in result["variants"].items():

@@ -18,11 +18,12 @@ neighbours uniformly without replacement, so each neighbour is kept with probabi
 ``min(fanout, d_i) / d_i`` but draws one variate per SOURCE node, shared by every destination
 of the batch, so destinations that share neighbours sample the same ones and a layer reaches
 fewer distinct nodes (how many fewer depends on how much they share: 4 % on the generated
-million-item catalogue, whose interactions are uniform). Weighting a kept edge by ``A_hat[i, j]`` over its probability makes
-``E[sum_j w_ij h_j] = sum_j A_hat[i, j] h_j`` (neighbour sampling divides by the realised
-``n_i``, equal to the expected count). The sampled item hop draws ``item_fanout`` entries of a
-row with replacement, with probability proportional to ``|S_ij|``, each weighted
-``sign(S_ij) sum_j |S_ij| / item_fanout``: unbiased too. Layers sample independently and
+million-item catalogue, whose interactions are uniform). Weighting a kept edge by
+``A_hat[i, j]`` over its probability makes ``E[sum_j w_ij h_j] = sum_j A_hat[i, j] h_j``
+(neighbour sampling divides by the realised ``n_i``, equal to the expected count). The
+sampled item hop draws ``item_fanout`` entries of a row with replacement, with probability
+proportional to ``|S_ij|``, each weighted ``sign(S_ij) sum_j |S_ij| / item_fanout``: unbiased
+too. Layers sample independently and
 propagation is linear, so the multi-layer sum and the item hop on top stay unbiased. With
 fanout ``"all"`` the factor is exactly 1 and every block is the exact restriction of ``A_hat``
 to its rows.
@@ -239,7 +240,10 @@ class BlockSampler:
     """
 
     def __init__(
-        self, graph: UserItemGraph, fanouts: Sequence[Fanout], method: NeighbourSampling = "neighbor"
+        self,
+        graph: UserItemGraph,
+        fanouts: Sequence[Fanout],
+        method: NeighbourSampling = "neighbor",
     ):
         check_fanouts(fanouts)
         self.graph = graph

@@ -50,8 +50,8 @@ def info_nce(
         groups = -(-n // group)
         total = anchors.new_zeros(())
         for k in range(groups):
-            rows = range(k, n, groups)
-            total = total + len(rows) * info_nce(anchors[k::groups], candidates[k::groups], tau, normalize)
+            term = info_nce(anchors[k::groups], candidates[k::groups], tau, normalize)
+            total = total + len(range(k, n, groups)) * term
         return total / n
     if normalize:
         anchors, candidates = F.normalize(anchors, dim=1), F.normalize(candidates, dim=1)
