@@ -8,7 +8,7 @@ os.environ.setdefault("DGLBACKEND", "pytorch")
 # torch's CPU allocator backs tensors of 2 MB and more with transparent huge pages (read once,
 # at torch's first allocation, so it must be set before torch is imported; Ray workers inherit
 # it). A sampled step at catalogue scale allocates GBs of fresh temporaries, and faulting them
-# in 4 KB pages took a third of it (benchmarks/results/million_throughput.md).
+# in 4 KB pages took a third of it (README: "The million-item epoch at catalogue-scale settings").
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 
 try:

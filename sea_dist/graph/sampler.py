@@ -23,10 +23,9 @@ million-item catalogue, whose interactions are uniform). Weighting a kept edge b
 (neighbour sampling divides by the realised ``n_i``, equal to the expected count). The
 sampled item hop draws ``item_fanout`` entries of a row with replacement, with probability
 proportional to ``|S_ij|``, each weighted ``sign(S_ij) sum_j |S_ij| / item_fanout``: unbiased
-too. Layers sample independently and
-propagation is linear, so the multi-layer sum and the item hop on top stay unbiased. With
-fanout ``"all"`` the factor is exactly 1 and every block is the exact restriction of ``A_hat``
-to its rows.
+too. Layers sample independently and propagation is linear, so the multi-layer sum and the
+item hop on top stay unbiased. With fanout ``"all"`` the factor is exactly 1 and every block is
+the exact restriction of ``A_hat`` to its rows.
 """
 
 from __future__ import annotations
@@ -202,11 +201,11 @@ def _sample_rows(
     magnitude = np.abs(matrix.weights[entries]).astype(np.float64)
     running = np.cumsum(magnitude)
     ends = np.cumsum(lengths[long_rows])
-    lo = running[ends - lengths[long_rows]] - magnitude[ends - lengths[long_rows]]
-    hi = running[ends - 1]
+    starts = ends - lengths[long_rows]
+    lo, hi = running[starts] - magnitude[starts], running[ends - 1]
     draws = lo[:, None] + rng.random((len(long_rows), fanout)) * (hi - lo)[:, None]
     picked = np.searchsorted(running, draws, side="right")
-    picked = np.clip(picked, (ends - lengths[long_rows])[:, None], (ends - 1)[:, None]).ravel()
+    picked = np.clip(picked, starts[:, None], (ends - 1)[:, None]).ravel()
     share = np.repeat((hi - lo) / fanout, fanout)
     drawn = entries[picked]
     return (

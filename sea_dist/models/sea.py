@@ -238,18 +238,16 @@ class SEA(Recommender):
             lin, encoder = self.maps[m], self.encoders[m]
             features = item_features[m].to(lin.weight.dtype)  # [I_in, F_m]
             n = features.shape[0]
-            fold = type(lin) is nn.Linear and n > encoder.lin1.out_features
-            if fold and (mapped_rows is None or len(mapped_rows) < n):
-                with self._tower_autocast(features):
-                    items = encoder(features, pre=lin)
-                if mapped_rows is not None:
-                    mapped[m] = lin(features[mapped_rows])
-            else:
-                full = lin(features)  # [I_in, w_m]
-                with self._tower_autocast(features):
-                    items = encoder(full)
-                if mapped_rows is not None:
-                    mapped[m] = full[mapped_rows]
+            fold = (
+                type(lin) is nn.Linear
+                and n > encoder.lin1.out_features
+                and (mapped_rows is None or len(mapped_rows) < n)
+            )
+            full = None if fold else lin(features)  # [I_in, w_m]
+            with self._tower_autocast(features):
+                items = encoder(features, pre=lin) if fold else encoder(full)
+            if mapped_rows is not None:
+                mapped[m] = lin(features[mapped_rows]) if fold else full[mapped_rows]
             # Rows are normalised on their own, so users and items are assembled once.
             items_in.append(F.normalize(items.to(lin.weight.dtype), dim=1))
             users.append(F.normalize(self.user_tables[m](user_ids), dim=1))

@@ -46,6 +46,7 @@ from torch.distributed._shard.sharded_tensor import Shard, ShardedTensor
 from torch.distributed._shard.sharded_tensor.metadata import ShardedTensorMetadata, TensorProperties
 
 from sea_dist.models.tables import IdTable
+from sea_dist.train.sparse_sync import nonzero_rows
 
 
 class ShardedIdTable(nn.Module):
@@ -152,15 +153,12 @@ class _ShardedLookup(torch.autograd.Function):
         order, local = ctx.saved_tensors
         table: ShardedIdTable = ctx.table
         received = _exchange(grad[order], ctx.send, ctx.recv, table.group)
-        grad_weight = torch.sparse_coo_tensor(
-            local.unsqueeze(0), received / table.world, (table.block, table.dim)
-        ).coalesce()
+        shape = (table.block, table.dim)
+        summed = torch.sparse_coo_tensor(local.unsqueeze(0), received / table.world, shape)
         # Rows whose gradient sums to zero are left out, as the replicated sync leaves them
         # out: SparseAdam decays the moments of every row present, zero or not.
-        keep = grad_weight.values().abs().sum(dim=1) != 0
-        grad_weight = torch.sparse_coo_tensor(
-            grad_weight.indices()[:, keep], grad_weight.values()[keep], grad_weight.shape
-        )
+        rows, values = nonzero_rows(summed)
+        grad_weight = torch.sparse_coo_tensor(rows.unsqueeze(0), values, shape, is_coalesced=True)
         return grad_weight, None, None
 
 

@@ -8,8 +8,9 @@ sums what it receives into the same row-sparse gradient, and a sparse optimizer
 ``O(touched rows x width)``, independent of the table size, on gloo and NCCL alike.
 
 This is the ``train.tables=replicated`` layout: every worker holds the full tables. With
-``train.tables=row_sharded`` each worker holds 1/P of them instead (:mod:`sea_dist.train.sharding`)
-and this module is not used.
+``train.tables=row_sharded`` each worker holds 1/P of them instead
+(:mod:`sea_dist.train.sharding`), which uses only :func:`nonzero_rows` from here, so that both
+layouts leave out the same rows.
 """
 
 from __future__ import annotations
@@ -19,8 +20,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 
-def _touched_rows(grad: Tensor) -> tuple[Tensor, Tensor]:
-    """Ids and gradient rows of the rows with a non-zero gradient; sends nothing.
+def nonzero_rows(grad: Tensor) -> tuple[Tensor, Tensor]:
+    """Ids (sorted, distinct) and gradient rows of the rows with a non-zero gradient; sends
+    nothing.
 
     A dense gradient is scanned whole; a sparse one (:func:`~sea_dist.models.tables.
     sparse_table_gradients`) only over the rows it holds. Rows whose gradient is zero are left
@@ -70,7 +72,7 @@ def sync_sparse_grads(tables: list[nn.Parameter]) -> int:
     for table in tables:
         if table.grad is None:
             continue
-        rows, values = _touched_rows(table.grad)  # sorted and distinct
+        rows, values = nonzero_rows(table.grad)
         gathered = distributed and world_size > 1
         if gathered:
             sent += (rows.numel() * rows.element_size() + values.numel() * values.element_size()) * (
