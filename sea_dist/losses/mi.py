@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from sea_dist.losses.native import ClubKernel, club_kernel
+
 
 class CLUB(nn.Module):
     r"""Contrastive Log-ratio Upper Bound of mutual information, sampled version.
@@ -125,14 +127,18 @@ class CLUBStack:
     buffer maps to the modules' parameters elementwise (transposes only), so per-parameter
     optimizer state packs the same way (:meth:`pack`, :meth:`unpack`).
 
+    On the CPU, when the compiled kernel builds (``sea_dist/losses/native.py``), each term's
+    forward and backward run in one C pass instead; the torch route below is the fallback.
+
     Args:
         estimators: the modules, all of the same shape.
+        native: use the compiled kernel where it applies.
     """
 
     _PARAMS = ("mu.0.weight", "logvar.0.weight", "mu.0.bias", "logvar.0.bias",
                "mu.2.weight", "logvar.2.weight", "mu.2.bias", "logvar.2.bias")  # fmt: skip
 
-    def __init__(self, estimators: list[CLUB]) -> None:
+    def __init__(self, estimators: list[CLUB], native: bool = True) -> None:
         first = estimators[0]
         self.estimators = estimators
         self.hidden = first.mu[0].out_features
@@ -143,6 +149,7 @@ class CLUBStack:
         }  # fmt: skip
         self.numel_per_estimator = sum(a * b for a, b in self._shapes.values())
         self._work: dict[str, Tensor] = {}
+        self._kernel = club_kernel(dx, dy, h) if native else None
 
     def parameters(self) -> list[list[nn.Parameter]]:
         """Per estimator, its parameters in :attr:`_PARAMS` order."""
@@ -199,6 +206,37 @@ class CLUBStack:
             work.update({name: x.new_zeros(shape) for name, shape in shapes.items()})
         return work
 
+    def is_shared(self, index: Tensor) -> bool:
+        """Whether every term fits the one estimator; several need one term each, in order."""
+        if len(self.estimators) == 1:
+            return True
+        if len(index) != len(self.estimators):
+            raise ValueError("several estimators need exactly one term each, in order")
+        return False
+
+    def kernel_for(self, flat: Tensor, x: Tensor) -> ClubKernel | None:
+        """The compiled kernel if it applies to these tensors (float32, CPU), else ``None``."""
+        on_cpu = flat.device.type == x.device.type == "cpu"
+        return self._kernel if on_cpu and flat.dtype == x.dtype == torch.float32 else None
+
+    def _native_nll_and_grad(
+        self, kernel: ClubKernel, flat: Tensor, x: Tensor, y: Tensor, grad: Tensor, loss: bool
+    ) -> Tensor | None:
+        """:meth:`nll_and_grad` through the compiled kernel, one call per term."""
+        terms, rows, _ = x.shape
+        x, y = x.contiguous(), y.contiguous()
+        params = flat.view(-1, self.numel_per_estimator)
+        parts = flat.new_empty(terms, self.numel_per_estimator)
+        total = 0.0
+        for t in range(terms):
+            e = 0 if len(params) == 1 else t
+            total += kernel.nll_and_grad(params[e], x[t], y[t], parts[t], 1.0 / rows)
+        if len(params) == 1:  # one estimator shared by every term: gradients add up
+            torch.sum(parts, 0, keepdim=True, out=grad.view(1, -1))
+        else:
+            grad.copy_(parts.view(-1))
+        return flat.new_tensor(total) if loss else None
+
     def nll_and_grad(
         self, flat: Tensor, index: Tensor, x: Tensor, y: Tensor, grad: Tensor, *, loss: bool = False
     ) -> Tensor | None:
@@ -217,15 +255,16 @@ class CLUBStack:
         Returns:
             The loss if ``loss`` else ``None``.
         """
+        shared = self.is_shared(index)
+        kernel = self.kernel_for(flat, x)
+        if kernel is not None:
+            return self._native_nll_and_grad(kernel, flat, x, y, grad, loss)
         p, g, w = self.views(flat), self.views(grad), self._workspace(x)
         h, dy, scale = self.hidden, self.y_dim, 1.0 / x.shape[1]
-        shared = len(self.estimators) == 1
-        if shared:
-            pick = lambda t: t.expand(len(index), -1, -1)
-        elif len(index) == len(self.estimators):  # one term per estimator, in order
-            pick = lambda t: t
-        else:
-            raise ValueError("several estimators need exactly one term each, in order")
+
+        def pick(t: Tensor) -> Tensor:  # the estimator of every term
+            return t.expand(len(index), -1, -1) if shared else t
+
         torch.baddbmm(pick(p["b1"]), x, pick(p["w1"]), out=w["pre"])
         hid = torch.clamp_min(w["pre"], 0, out=w["hid"])
         w2_mu, w2_lv, b2 = pick(p["w2_mu"]), pick(p["w2_lv"]), pick(p["b2"])
