@@ -1,4 +1,4 @@
-"""One model step's CLUB estimator fit: the fused fit against the autograd loop it replaced.
+"""One model step's CLUB estimator fit: compiled and fused in torch, against the autograd loop.
 
 Run from the repository root::
 
@@ -14,7 +14,10 @@ modalities) on the same pairs from the same start:
 - ``autograd``: ``CLUB.learning_loss`` summed over modalities, ``backward``, ``Adam.step``,
   the loop ``fit_estimator`` ran before (under DDP it also all-reduced the gradients at every
   one of the 50 steps; here one process, so the figure is compute only);
-- ``fused``: ``fit_estimator`` today (``sea_dist.losses.mi.CLUBStack``).
+- ``fused``: ``fit_estimator``'s torch route (``sea_dist.losses.mi.CLUBStack``: packed
+  buffer, analytic gradient, Adam on the buffer; what runs on a GPU or without a compiler);
+- ``compiled``: ``fit_estimator`` today on the CPU: the whole inner loop in one call into
+  ``sea_dist/losses/club_nll.c`` (``sea_dist.losses.native``).
 
 Each figure is the median over ``--repeat`` model steps after one warm-up, on ``--threads``
 torch threads (a worker's, with 2 workers on this 2-core machine), with the GEMM peak measured
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -78,19 +82,25 @@ def _median_seconds(run: Any, repeat: int) -> float:
 
 def measure(rows: int, steps: int, repeat: int) -> dict[str, Any]:
     torch.manual_seed(0)
-    fused = _Estimators()
-    reference = copy.deepcopy(fused)
+    models = {"autograd": _Estimators()}
+    models["fused"] = copy.deepcopy(models["autograd"])
+    models["compiled"] = copy.deepcopy(models["autograd"])
     x = torch.randn(MODALITIES, rows, MI_DIM)
     y = 0.8 * x.flip(2) + 0.6 * torch.randn(MODALITIES, rows, MI_DIM)
-    fused_opt = torch.optim.Adam(fused.parameters(), lr=1e-3)
-    reference_opt = torch.optim.Adam(reference.parameters(), lr=1e-3)
-    out = {"terms": CLUBTerms(list(fused.clubs), torch.arange(MODALITIES), x, y)}
-    ref_terms = CLUBTerms(list(reference.clubs), torch.arange(MODALITIES), x, y)
+    opts = {k: torch.optim.Adam(m.parameters(), lr=1e-3) for k, m in models.items()}
+    terms = {k: CLUBTerms(list(m.clubs), torch.arange(MODALITIES), x, y) for k, m in models.items()}
+
+    def fit(kind: str) -> None:
+        os.environ["SEA_DIST_NATIVE"] = "1" if kind == "compiled" else "0"
+        fit_estimator(models[kind], {"terms": terms[kind]}, opts[kind], steps)
+
     seconds = {
         "autograd": _median_seconds(
-            lambda: _autograd_fit(reference, ref_terms, reference_opt, steps), repeat
+            lambda: _autograd_fit(models["autograd"], terms["autograd"], opts["autograd"], steps),
+            repeat,
         ),
-        "fused": _median_seconds(lambda: fit_estimator(fused, out, fused_opt, steps), repeat),
+        "fused": _median_seconds(lambda: fit("fused"), repeat),
+        "compiled": _median_seconds(lambda: fit("compiled"), repeat),
     }
     # 2 nets x [2 Linear(r, h) + 3 Linear(h, r)] per pair and step: forward, input and weight grads
     flops = (
@@ -105,10 +115,10 @@ def measure(rows: int, steps: int, repeat: int) -> dict[str, Any]:
         "steps": steps,
         "seconds_per_model_step": seconds,
         "ms_per_inner_step": {k: 1e3 * v / steps for k, v in seconds.items()},
-        "speedup": seconds["autograd"] / seconds["fused"],
+        "speedup_over_autograd": {k: seconds["autograd"] / v for k, v in seconds.items()},
         "flops_per_model_step": flops,
         "gflop_per_s": {k: flops / v / 1e9 for k, v in seconds.items()},
-        "collectives_per_model_step_under_ddp": {"autograd": steps, "fused": 1},
+        "collectives_per_model_step_under_ddp": {"autograd": steps, "fused": 1, "compiled": 1},
     }
 
 
@@ -126,11 +136,11 @@ def main() -> None:
     runs = [measure(rows, args.steps, args.repeat) for rows in args.rows]
     for run in runs:
         run["fraction_of_gemm_peak"] = {k: v * 1e9 / gemm for k, v in run["gflop_per_s"].items()}
+        ms, peak = run["seconds_per_model_step"], run["fraction_of_gemm_peak"]
         print(
-            f"N={run['rows']}: autograd {run['seconds_per_model_step']['autograd'] * 1e3:.1f} ms, "
-            f"fused {run['seconds_per_model_step']['fused'] * 1e3:.1f} ms per model step "
-            f"({run['speedup']:.1f}x; fused at {run['fraction_of_gemm_peak']['fused']:.0%} of "
-            f"the {gemm / 1e9:.0f} GFLOP/s GEMM peak)",
+            f"N={run['rows']}, ms per model step: autograd {ms['autograd'] * 1e3:.1f}, "
+            f"fused {ms['fused'] * 1e3:.1f}, compiled {ms['compiled'] * 1e3:.1f} "
+            f"({peak['compiled']:.0%} of the {gemm / 1e9:.0f} GFLOP/s GEMM peak)",
             flush=True,
         )
     result = {"machine": machine(), "threads": args.threads, "peaks": peaks, "runs": runs}

@@ -1,12 +1,19 @@
 #!/usr/bin/env bash
-# SEA vs LightGCN (and SEA ablations) on ../shared/data/tiktok, full-graph, one worker.
+# SEA, its variants and LightGCN on ../shared/data/tiktok, each trained to convergence.
 # Usage: bash benchmarks/tiktok_quality.sh [OUT_DIR]   (results: OUT_DIR/<run>/report.json)
-# All runs share the protocol: lr 1e-3 (the reference's 1e-4 needs hundreds of epochs on CPU),
-# at most 20 epochs (a CPU budget), early stopping on valid Recall@20 with patience 5, test at the best epoch.
+# Then: python -m benchmarks.quality_table OUT_DIR [--seeds]
+#
+# The protocol (issue "SEA equal to the authors' code ... then trained to convergence"): early
+# stopping on valid Recall@20 with the reference's patience (MMRec's stopping_step: 20 epochs),
+# test scored once at the best-valid epoch, at most 300 epochs; the reference defaults by
+# modality name (README, Models); lr 1e-3 (the reference's SEA config says 1e-4, which needs
+# hundreds of epochs on this CPU); sampled mode on 2 Ray workers, which trains a TikTok epoch
+# in about 4 s where the full graph on one worker takes about 10 s (README, Performance).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/tiktok}
-COMMON=(--set train.lr=1e-3 --set train.epochs=20 --set train.patience=5 --set data.cache_dir=runs/cache --quiet)
+COMMON=(--set train.lr=1e-3 --set train.epochs=300 --set train.patience=20
+        --set train.mode=sampled --workers 2 --set data.cache_dir=runs/cache --quiet)
 run() {
   local name=$1 config=$2; shift 2
   # A finished run is kept; an unfinished one resumes from its last checkpoint.
@@ -18,12 +25,7 @@ run lightgcn configs/lightgcn.yaml
 run sand configs/sand.yaml
 run sea_no_club configs/sea.yaml --set model.distancing=none
 run sea_no_solo configs/sea.yaml --set model.use_solo=false
-# Issue 8: VBPR, MENTOR and the SGFD plug-in under the same protocol (MENTOR's own config stops
-# on Recall@10; the table uses one rule for every model).
-run vbpr configs/vbpr.yaml
-run vbpr_sgfd configs/vbpr_sgfd.yaml
 run sea_sgfd configs/sea_sgfd.yaml
-run mentor configs/mentor.yaml --set eval.metric=recall@20
 # Seed repeats of the headline pair, for the spread (quality_table --seeds pools them).
 for seed in 1 2; do
   run "sea_seed$seed" configs/sea.yaml --set train.seed=$seed

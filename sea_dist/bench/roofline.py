@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from sea_dist.models.sea import folds_map
+
 F32 = 4  # bytes per fp32 value
 INDEX = 8  # bytes per int64 index
 CSR_EDGE = F32 + INDEX  # a sparse entry: its weight and its column index
@@ -293,7 +295,7 @@ def step_work(
     for f in feature_dims.values():
         w = cfg.map_dim or f
         g, u = w // 2, w - w // 2
-        if N < i_in and i_in > H:  # L_m folded into the encoder (SEA._inputs)
+        if folds_map(i_in, N, H):
             fold = Work(3 * 2.0 * H * w * f, 3 * F32 * (H * w + w * f + H * f))
             inputs += 2 * linear(i_in, f, H) + 2 * linear(N, f, w) + fold
         else:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import platform
+import warnings
 
 import typer
 
@@ -47,6 +48,20 @@ def check_dgl_native() -> str:
     return f"ok (sampled {sampled.num_edges()} edges with the C++ sampler, graphbolt loaded)"
 
 
+def check_club_kernel() -> str:
+    """Build (or find in the cache) the compiled CLUB estimator kernel at SEA's default shape."""
+    from sea_dist.losses.native import club_kernel
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        kernel = club_kernel(32, 32, 8)
+    if kernel is not None:
+        return f"compiled ({kernel.path})"
+    if caught:
+        return f"not built, the estimator fit runs in torch: {caught[0].message}"
+    return "off (SEA_DIST_NATIVE=0), the estimator fit runs in torch"
+
+
 @app.command()
 def doctor() -> None:
     """Print library versions and the CPU/GPU seen; fail if DGL's native libraries do not load."""
@@ -72,3 +87,4 @@ def doctor() -> None:
     if missing:
         raise SeaDistError(f"cannot import {', '.join(missing)}; run 'make install'")
     typer.echo(f"{'dgl-native':<14} {check_dgl_native()}")
+    typer.echo(f"{'club-kernel':<14} {check_club_kernel()}")

@@ -44,7 +44,9 @@ class ClubKernel:
     ctypes releases the GIL during each call.
     """
 
-    def __init__(self, library: ctypes.CDLL) -> None:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        library = ctypes.CDLL(str(path))
         ptr, long, double = ctypes.c_void_p, ctypes.c_long, ctypes.c_double
         self._nll_and_grad = library.club_nll_grad
         self._nll_and_grad.argtypes = [ptr, ptr, ptr, long, ctypes.c_float, ptr, ptr]
@@ -121,7 +123,7 @@ def _load(x_dim: int, y_dim: int, compiler: str, cache: Path) -> ClubKernel | No
             stacklevel=3,
         )
         return None
-    return ClubKernel(ctypes.CDLL(str(library)))
+    return ClubKernel(library)
 
 
 def _build(x_dim: int, y_dim: int, compiler: str, cache: Path) -> Path:

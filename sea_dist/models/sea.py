@@ -24,6 +24,13 @@ _SHARED = "shared"  # key of the single estimator in the reference's cross-modal
 _CLUB_INPUTS = "_club_inputs"  # forward -> estimator_terms stash (detached projections)
 
 
+def folds_map(input_items: int, loss_rows: int | None, hidden: int) -> bool:
+    """Whether SEA folds a linear ``L_m`` into its encoder's first layer: when the encoder reads
+    more rows than its hidden width and more than the split losses need (``loss_rows``,
+    ``None`` for none), so that the folded product is the cheaper one."""
+    return input_items > hidden and (loss_rows is None or loss_rows < input_items)
+
+
 @dataclass(frozen=True)
 class SEAParams:
     """Hyperparameters of :class:`SEA`; defaults are the reference values (spec section 2).
@@ -238,11 +245,8 @@ class SEA(Recommender):
             lin, encoder = self.maps[m], self.encoders[m]
             features = item_features[m].to(lin.weight.dtype)  # [I_in, F_m]
             n = features.shape[0]
-            fold = (
-                type(lin) is nn.Linear
-                and n > encoder.lin1.out_features
-                and (mapped_rows is None or len(mapped_rows) < n)
-            )
+            loss_rows = None if mapped_rows is None else len(mapped_rows)
+            fold = type(lin) is nn.Linear and folds_map(n, loss_rows, encoder.lin1.out_features)
             full = None if fold else lin(features)  # [I_in, w_m]
             with self._tower_autocast(features):
                 items = encoder(features, pre=lin) if fold else encoder(full)

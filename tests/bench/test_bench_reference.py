@@ -1,7 +1,13 @@
 from pathlib import Path
 from typing import Any
 
-from benchmarks.bench_reference import PATCHES, markdown, parse_reference_log, user_graph_dict
+from benchmarks.bench_reference import (
+    PATCHES,
+    markdown,
+    parse_reference_log,
+    per_epoch_spread,
+    user_graph_dict,
+)
 
 # Two epochs as the reference's trainer logs them (format of main_experiment_log/baby_log.log).
 LOG = """\
@@ -59,6 +65,28 @@ def test_markdown_has_a_row_per_seed_and_epoch() -> None:
                                    {"epoch": 1, "epoch_time_s": 31.0, "valid/recall@20": 0.07}]}}
     result = {"protocol": {"summary": "s"}, "machine": {"cpu": "c", "logical_cores": 2},
               "runs": [run]}
-    rows = [line for line in markdown(result).splitlines() if line.startswith("| 1 |")]
-    assert rows == ["| 1 | 0 | 0.0500 | 0.0600 | 40.0 | 30.0 |",
-                    "| 1 | 1 | – | 0.0700 | – | 31.0 |"]
+    first_table = markdown(result).split("\n\n")[2].splitlines()
+    assert first_table[2:] == ["| 1 | 0 | 0.0500 | 0.0600 | – | 40.0 | 30.0 | – |",
+                               "| 1 | 1 | – | 0.0700 | – | – | 31.0 | – |"]
+
+
+def _seed(seed: int, ref: float, ours: float, sampled: float) -> dict[str, Any]:
+    def side(recall: float, seconds: float) -> dict[str, Any]:
+        return {"epochs": [{"epoch": 0, "epoch_time_s": seconds, "valid/recall@20": recall}]}
+
+    return {"seed": seed, "reference": side(ref, 30.0), "sea_dist": side(ours, 10.0),
+            "sea_dist_sampled": side(sampled, 5.0)}
+
+
+def test_spread_says_whether_each_side_is_inside_the_references_seeds() -> None:
+    runs = [_seed(0, 0.05, 0.060, 0.080), _seed(1, 0.06, 0.065, 0.081),
+            _seed(2, 0.07, 0.070, 0.079)]
+    result = {"protocol": {"summary": "s"}, "machine": {"cpu": "c", "logical_cores": 2},
+              "runs": runs}
+    spread = per_epoch_spread(result)
+    assert spread[0]["sea_dist_inside"] is True  # mean 0.065 within 0.05-0.07
+    assert spread[0]["sea_dist_sampled_inside"] is False  # mean 0.080 above it
+    text = markdown(result)
+    assert "| 0 | 0.0600 ± 0.0100 | 0.0500-0.0700 | 0.0650 ± 0.0050 | 0.0800 ± 0.0010 | yes | no |" in text
+    assert "| sea_dist | 3 | 10.0 | 10.0 | 3.00 |" in text  # 3x faster than the reference
+    assert "| sea_dist_sampled | 3 | 5.0 | 5.0 | 6.00 |" in text
