@@ -296,12 +296,14 @@ def run_sea_dist(out: Path, cache: Path, seed: int, epochs: int, lr: float,
                  ) -> tuple[list[str], list[dict[str, Any]], float | None]:
     """``sea-dist train`` of configs/sea.yaml for one seed; per-epoch rows of metrics.jsonl.
 
-    Full graph on one worker, or with ``sampled`` sampled minibatches on 2 workers. With
-    ``reuse``, a finished run in ``out`` (every epoch evaluated) is read, not redone.
+    Full graph on one worker, or with ``sampled`` sampled minibatches on 2 workers of 1,024
+    seed edges each (``train.batch_size`` is per worker: 2,048 per step across both, as the
+    reference, so an epoch takes as many optimizer steps). With ``reuse``, a finished run in
+    ``out`` (every epoch evaluated) is read, not redone.
     """
     sets = [f"data.path={DATA}", f"data.cache_dir={cache}", f"train.lr={lr}",
             f"train.epochs={epochs}", f"train.seed={seed}", "train.patience=10",
-            "train.batch_size=2048", "model.embedding_dim=64"]
+            f"train.batch_size={1024 if sampled else 2048}", "model.embedding_dim=64"]
     sets += ["train.mode=sampled"] if sampled else []
     cmd = [SEA_DIST, "--log-level", "WARNING", "train", "--config", "configs/sea.yaml",
            "--output", str(out), "--quiet", "--json", "--workers", "2" if sampled else "1"]
@@ -451,7 +453,8 @@ def main() -> None:
                      "seeds": args.seeds, "threads": threads,
                      "summary": f"{args.epochs} epochs, lr {args.lr:g}, batch 2048, embedding 64, "
                                 "CLUB at the model's lr; sea_dist full graph on one worker "
-                                "(`sea_dist`) and sampled on 2 workers (`sea_dist_sampled`)"},
+                                "(`sea_dist`) and sampled on 2 workers of 1024 edges a batch "
+                                "(`sea_dist_sampled`)"},
         "runs": [],
     }
     # With --reuse, a run read back from --work keeps what the last JSON said of it (its load

@@ -7,13 +7,16 @@
 # stopping on valid Recall@20 with the reference's patience (MMRec's stopping_step: 20 epochs),
 # test scored once at the best-valid epoch, at most 300 epochs; the reference defaults by
 # modality name (README, Models); lr 1e-3 (the reference's SEA config says 1e-4, which needs
-# hundreds of epochs on this CPU); sampled mode on 2 Ray workers, which trains a TikTok epoch
-# in about 4 s where the full graph on one worker takes about 10 s (README, Performance).
+# hundreds of epochs on this CPU); sampled mode on 2 Ray workers of 1,024 seed edges a batch
+# (train.batch_size is per worker: 2,048 a step across both, the reference's batch), which
+# trains a TikTok epoch several times faster than the full graph on one worker
+# (benchmarks/results/reference.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/tiktok}
 COMMON=(--set train.lr=1e-3 --set train.epochs=300 --set train.patience=20
-        --set train.mode=sampled --workers 2 --set data.cache_dir=runs/cache --quiet)
+        --set train.mode=sampled --set train.batch_size=1024 --workers 2
+        --set data.cache_dir=runs/cache --quiet)
 run() {
   local name=$1 config=$2; shift 2
   # A finished run is kept; an unfinished one resumes from its last checkpoint.
