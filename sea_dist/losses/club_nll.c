@@ -4,8 +4,9 @@
  * what CLUBStack.nll_and_grad computes for one term: two 2-layer MLPs of hidden width 8 (the
  * mean and the tanh log-variance) on x, the Gaussian NLL of y, and the analytic gradient of
  * mean_i NLL_i with respect to every weight. club_adam_fit runs fit_estimator's whole inner
- * loop (that gradient, then torch.optim.Adam's update) for all terms in one call. Shapes are compile-time constants (-DDX=... -DDY=...),
- * so every inner loop has a fixed trip count and the accumulators stay in registers.
+ * loop (that gradient, then torch.optim.Adam's update) for all terms in one call. Shapes are
+ * compile-time constants (-DDX=... -DDY=...), so every inner loop has a fixed trip count and
+ * the accumulators stay in registers.
  *
  * Parameter layout (floats), as CLUBStack packs one estimator:
  *   w1 [DX][16]  both first layers side by side (mu: lanes 0-7, log-variance: 8-15)
@@ -39,7 +40,8 @@ static inline v16 relu_mask(v16 v, v16 c) { return (v16)((i16)v & (c > 0.f)); }
 void club_nll_grad(const float *p, const float *x, const float *y, long rows, float scale,
                    float *g, double *loss) {
   const float *w1 = p, *b1 = w1 + DX * 16, *w2m = b1 + 16, *w2l = w2m + 8 * DY, *b2 = w2l + 8 * DY;
-  float *gw1 = g, *gb1 = gw1 + DX * 16, *gw2m = gb1 + 16, *gw2l = gw2m + 8 * DY, *gb2 = gw2l + 8 * DY;
+  float *gw1 = g, *gb1 = gw1 + DX * 16, *gw2m = gb1 + 16, *gw2l = gw2m + 8 * DY;
+  float *gb2 = gw2l + 8 * DY;
   memset(g, 0, sizeof(float) * NUMEL);
   v8 w2t_m[DY], w2t_l[DY]; /* the output layers transposed: w2t_m[d] = w2m[:, d] */
   for (int d = 0; d < DY; d++)

@@ -39,10 +39,7 @@ COMPILE_FLAGS = ("-O3", "-march=native", "-ffast-math", "-fPIC", "-std=gnu11")
 
 
 class ClubKernel:
-    """The two entry points of ``club_nll.c`` for one shape, on float32 CPU tensors.
-
-    ctypes releases the GIL during each call.
-    """
+    """The two entry points of ``club_nll.c`` for one shape, on contiguous float32 CPU tensors."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
