@@ -23,7 +23,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -110,6 +111,8 @@ def _client_env(token_path: Path) -> dict[str, str]:
 
 # Ray replaces this 127.0.0.1 with the machine's address (see the module docstring).
 _MULTI_NODE_FLAGS = ("--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1")
+_START_ATTEMPTS = 3
+_HEAD_METRICS_PORTS = ("AUTOSCALER_METRIC_PORT", "DASHBOARD_METRIC_PORT")
 
 
 @dataclass
@@ -125,8 +128,10 @@ class LocalCluster:
     """
 
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="sdray-", dir="/tmp")))
-    gcs_port: int = field(default_factory=free_port)
-    dashboard_port: int = field(default_factory=free_port)
+    gcs_port: int = 0  # this and the head's other ports: chosen when the head starts
+    dashboard_port: int = 0
+    client_server_port: int = 0
+    metrics_ports: dict[str, int] = field(default_factory=dict)
     nodes: int = 0
     metrics_export_ports: list[int] = field(default_factory=list)  # one per node
 
@@ -135,10 +140,6 @@ class LocalCluster:
         self.token_path.write_text(secrets.token_hex(32))
         self.token_path.chmod(0o600)
         self.env = _client_env(self.token_path)
-        self.metrics_ports = {
-            "AUTOSCALER_METRIC_PORT": free_port(), "DASHBOARD_METRIC_PORT": free_port(),
-        }
-        self.env.update((name, str(port)) for name, port in self.metrics_ports.items())
 
     @property
     def gcs_address(self) -> str:
@@ -148,38 +149,60 @@ class LocalCluster:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def _start(self, *args: str) -> None:
-        """``ray start`` with ``args``, then this node's own free ports and directory.
+    def _start(self, args: Callable[[], Sequence[str]]) -> None:
+        """``ray start`` with ``args()``, then this node's own free ports and directory.
 
-        Nothing here chooses an address: that is up to ``args`` and ``env``.
+        Nothing here chooses an address: that is up to ``args`` and ``env``. A port handed out
+        by ``free_port`` can be taken by another process before Ray binds it, so a failed start
+        is killed, warned about with Ray's output, and retried with fresh ports.
         """
-        self.metrics_export_ports.append(free_port())
-        ports = [
-            "--dashboard-agent-listen-port", str(free_port()),
-            "--metrics-export-port", str(self.metrics_export_ports[-1]),
-            "--runtime-env-agent-port", str(free_port()),
-        ]
-        subprocess.run(
-            [RAY, "start", *args, *ports, "--num-cpus", "1",
-             "--object-store-memory", str(300 * 2**20), "--disable-usage-stats",
-             "--temp-dir", str(self.root / f"node{self.nodes}")],
-            check=True, capture_output=True, timeout=120, env=self.env,
-        )
-        self.nodes += 1
+        for attempt in range(1, _START_ATTEMPTS + 1):
+            node_dir = self.root / f"node{self.nodes}"
+            metrics_export_port = free_port()
+            ports = [
+                "--dashboard-agent-listen-port", str(free_port()),
+                "--metrics-export-port", str(metrics_export_port),
+                "--runtime-env-agent-port", str(free_port()),
+            ]
+            try:
+                subprocess.run(
+                    [RAY, "start", *args(), *ports, "--num-cpus", "1",
+                     "--object-store-memory", str(300 * 2**20), "--disable-usage-stats",
+                     "--temp-dir", str(node_dir)],
+                    check=True, capture_output=True, timeout=120, env=self.env,
+                )
+            except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as err:
+                kill_processes(processes_naming(node_dir))
+                shutil.rmtree(node_dir, ignore_errors=True)
+                output = (err.stderr or b"").decode(errors="replace").strip()[-3000:]
+                if attempt == _START_ATTEMPTS:
+                    raise RuntimeError(f"ray start failed {attempt} times; last output:\n{output}")
+                warnings.warn(f"ray start failed (attempt {attempt}), retrying:\n{output}")
+                continue
+            self.metrics_export_ports.append(metrics_export_port)
+            self.nodes += 1
+            return
 
     def start_head(self, *, dashboard: bool, flags: Sequence[str] = _MULTI_NODE_FLAGS) -> None:
         """Start the head with ``flags``; by default its dashboard (the job server) listens on
         loopback only. This cluster's ports come after ``flags`` and override theirs."""
-        self.client_server_port = free_port()
-        self._start(
-            *flags, "--head", "--port", str(self.gcs_port),
-            "--ray-client-server-port", str(self.client_server_port),
-            "--include-dashboard", str(dashboard).lower(),
-            "--dashboard-port", str(self.dashboard_port),
-        )
+
+        def head_args() -> list[str]:
+            self.gcs_port, self.dashboard_port = free_port(), free_port()
+            self.client_server_port = free_port()
+            self.metrics_ports = {name: free_port() for name in _HEAD_METRICS_PORTS}
+            self.env.update((name, str(port)) for name, port in self.metrics_ports.items())
+            return [
+                *flags, "--head", "--port", str(self.gcs_port),
+                "--ray-client-server-port", str(self.client_server_port),
+                "--include-dashboard", str(dashboard).lower(),
+                "--dashboard-port", str(self.dashboard_port),
+            ]
+
+        self._start(head_args)
 
     def add_node(self) -> None:
-        self._start("--address", self.gcs_address, *_MULTI_NODE_FLAGS[:2])
+        self._start(lambda: ["--address", self.gcs_address, *_MULTI_NODE_FLAGS[:2]])
 
     def processes(self) -> list[psutil.Process]:
         # Every Ray process names the temp dir, except the Ray Client server, which names the
