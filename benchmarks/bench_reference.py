@@ -8,18 +8,21 @@ never committed, and no code of it goes into sea_dist)::
     PYTHONPATH=. python -m benchmarks.bench_reference --reference /tmp/ref/SEA \\
         --site /tmp/ref/site --work /tmp/ref/bench --seeds 999 1 2
     # after an interruption: --reuse reads the runs that finished in --work
+    # one side only (the others kept from the JSON): --sides reference_after_epoch
 
 Flow: copy the reference's ``src/`` to ``WORK/reference`` and patch the copy (below) → lay
 out the TikTok files the way MMRec reads them in ``WORK/data/tiktok`` → for each seed, train
 the reference (``main.py -m SEA -d tiktok``), then ``sea-dist train``, one process at a time
-→ per-epoch valid Recall@20 and training seconds of both into
+→ per-epoch valid Recall@20 and training seconds of every side into
 ``benchmarks/results/reference.json`` (rewritten after every run, so a cut-short sweep keeps
 what finished) and ``reference.md``.
 
 Protocol (the issue "SEA equal to the authors' code at equal epochs"): 5 epochs, lr 1e-3,
 batch 2048, embedding 64, the CLUB estimator fitted at the model's lr (the reference's
 ``optimizer_D`` uses ``learning_rate``; sea_dist's ``model.estimator_lr: null``), the same
-seeds. sea_dist runs full-graph on one worker with its defaults (image 0.1 / audio 0.9
+seeds. A second copy of the reference, ``reference_after_epoch``, ranks with a forward after
+the epoch's last step (:data:`AFTER_EPOCH`), as sea_dist does, and trains the same. sea_dist
+runs full-graph on one worker with its defaults (image 0.1 / audio 0.9
 item-graph weights, SoloSim anchored on audio, negatives from training items). Both sides
 use the same number of torch threads (the machine's cores, what a sea_dist worker gets) and
 the same niceness (15, Ray's for its workers). "Seconds per epoch" is the training part only
@@ -88,7 +91,9 @@ SEA_DIST = str(Path(sys.executable).with_name("sea-dist"))
 DATA = Path("/work/shared/data/tiktok")
 RESULTS = ROOT / "benchmarks" / "results"
 USER_GRAPH_TOP = 200  # neighbours kept per user by MMRec's u-u graph script
-SIDES = ("reference", "sea_dist", "sea_dist_sampled")
+SIDES = ("reference", "reference_after_epoch", "sea_dist", "sea_dist_sampled")
+REFERENCES = SIDES[:2]
+OURS = SIDES[2:]
 RAY_WORKER_NICENESS = 15  # what Ray gives its worker processes (ray worker_niceness)
 
 
@@ -139,6 +144,16 @@ PATCHES: tuple[Patch, ...] = (
           "the benchmark's settings through MMRec's config_dict"),
 )
 
+# The `reference_after_epoch` side only: rank with a forward after the epoch's last optimizer
+# step, as sea_dist does, instead of the last training forward's cached ``result_embed``. The
+# forward draws no random numbers (no dropout; the edge dropout is drawn in pre_epoch_processing),
+# so training is the same as the plain reference's, step for step.
+_EVALUATE = "        self.model.eval()\n"
+AFTER_EPOCH = Patch(
+    "common/trainer.py", _EVALUATE,
+    f"{_EVALUATE}        self.model.forward([torch.zeros(1, dtype=torch.long, device=self.device)"
+    " for _ in range(3)])\n", 1, "rank with the parameters the epoch ended with")
+
 DATASET_YAML = """\
 USER_ID_FIELD: userID
 ITEM_ID_FIELD: itemID
@@ -167,9 +182,9 @@ def log(*args, **kwargs):
 '''
 
 
-def apply_patches(src: Path) -> None:
-    """Apply :data:`PATCHES` in place under ``src`` (the reference's ``src/`` folder)."""
-    for patch in PATCHES:
+def apply_patches(src: Path, patches: tuple[Patch, ...] = PATCHES) -> None:
+    """Apply ``patches`` in place under ``src`` (the reference's ``src/`` folder)."""
+    for patch in patches:
         file = src / patch.path
         text = file.read_text()
         found = text.count(patch.old)
@@ -179,13 +194,14 @@ def apply_patches(src: Path) -> None:
         file.write_text(text.replace(patch.old, patch.new))
 
 
-def prepare_reference(checkout: Path, dst: Path) -> None:
-    """Copy ``checkout/src`` to ``dst``, patch it, and add the TikTok config and wandb stub."""
+def prepare_reference(checkout: Path, dst: Path, extra: tuple[Patch, ...] = ()) -> None:
+    """Copy ``checkout/src`` to ``dst``, patch it (:data:`PATCHES`, then ``extra``), and add the
+    TikTok config and wandb stub."""
     if dst.exists():
         shutil.rmtree(dst)
     skip = shutil.ignore_patterns("log", "saved", "__pycache__")
     shutil.copytree(checkout / "src", dst, ignore=skip)
-    apply_patches(dst)
+    apply_patches(dst, PATCHES + extra)
     (dst / "configs" / "dataset" / "tiktok.yaml").write_text(DATASET_YAML)
     (dst / "wandb.py").write_text(WANDB_STUB)
 
@@ -355,16 +371,19 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {run['seed']} | {epoch} | " + " | ".join(cells) + " |")
     lines += ["", "Valid Recall@20 per epoch over the seeds (mean ± sample std; the reference's "
               "min-max is its seed spread):", "",
-              "| epoch | reference | reference min-max | " + " | ".join(SIDES[1:])
-              + " | " + " | ".join(f"{side} inside" for side in SIDES[1:]) + " |",
-              "|---:|---|---|" + "---|" * (2 * len(SIDES) - 2)]
+              "| epoch | " + " | ".join(f"{ref} | {ref} min-max" for ref in REFERENCES) + " | "
+              + " | ".join(OURS) + " | "
+              + " | ".join(f"{side} inside ({' / '.join(REFERENCES)})" for side in OURS) + " |",
+              "|---:|" + "---|" * (2 * len(REFERENCES) + 2 * len(OURS))]
     spread = per_epoch_spread(result)
     for epoch, row in spread.items():
-        ref = row["reference"]
-        cells = [_mean_std(ref), f"{min(ref):.4f}-{max(ref):.4f}" if ref else "–"]
-        cells += [_mean_std(row[side]) for side in SIDES[1:]]
-        cells += ["–" if row[f"{side}_inside"] is None else "yes" if row[f"{side}_inside"]
-                  else "no" for side in SIDES[1:]]
+        cells = []
+        for ref in REFERENCES:
+            values = row[ref]
+            cells += [_mean_std(values), f"{min(values):.4f}-{max(values):.4f}" if values else "–"]
+        cells += [_mean_std(row[side]) for side in OURS]
+        cells += [" / ".join(_yes_no(row[f"{side}_inside_{ref}"]) for ref in REFERENCES)
+                  for side in OURS]
         lines.append(f"| {epoch} | " + " | ".join(cells) + " |")
     lines += ["", "| side | seeds | s/epoch, median | s/epoch, min | reference median / this "
               "median | load before, per seed |", "|---|---:|---:|---:|---:|---|"]
@@ -388,7 +407,8 @@ def markdown(result: dict[str, Any]) -> str:
 
 def per_epoch_spread(result: dict[str, Any]) -> dict[int, dict[str, Any]]:
     """Per epoch: each side's valid Recall@20 over seeds, and whether each sea_dist side's
-    mean lies within the reference's min-max over seeds (``None`` without both)."""
+    mean lies within each reference side's min-max over seeds (``{side}_inside_{reference}``;
+    ``None`` without both)."""
     out: dict[int, dict[str, Any]] = {}
     for run in result["runs"]:
         for side in SIDES:
@@ -397,18 +417,21 @@ def per_epoch_spread(result: dict[str, Any]) -> dict[int, dict[str, Any]]:
                     entry = out.setdefault(epoch, {s: [] for s in SIDES})
                     entry[side].append(row["valid/recall@20"])
     for row in out.values():
-        ref = row["reference"]
-        for side in SIDES[1:]:
-            values = row[side]
+        for ref, side in ((ref, side) for ref in REFERENCES for side in OURS):
+            seeds, values = row[ref], row[side]
             inside = None
-            if len(ref) >= 2 and values:
-                inside = min(ref) <= statistics.fmean(values) <= max(ref)
-            row[f"{side}_inside"] = inside
+            if len(seeds) >= 2 and values:
+                inside = min(seeds) <= statistics.fmean(values) <= max(seeds)
+            row[f"{side}_inside_{ref}"] = inside
     return dict(sorted(out.items()))
 
 
 def _by_epoch(run: dict[str, Any], side: str) -> dict[int, dict[str, Any]]:
     return {r["epoch"]: r for r in run.get(side, {}).get("epochs", [])}
+
+
+def _yes_no(inside: bool | None) -> str:
+    return "–" if inside is None else "yes" if inside else "no"
 
 
 def _mean_std(values: list[float]) -> str:
@@ -437,10 +460,16 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS / "reference.json")
     parser.add_argument("--reuse", action="store_true",
                         help="read finished runs left in --work instead of training them again")
+    parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES),
+                        help="sides to run; the others are kept from --out's JSON")
     args = parser.parse_args()
 
-    src, data_root = args.work / "reference", args.work / "data"
-    prepare_reference(args.reference, src)
+    data_root = args.work / "data"
+    sources = {"reference": args.work / "reference",
+               "reference_after_epoch": args.work / "reference_after_epoch"}
+    for side, extra in (("reference", ()), ("reference_after_epoch", (AFTER_EPOCH,))):
+        if side in args.sides:
+            prepare_reference(args.reference, sources[side], extra)
     prepare_data(args.data, data_root / "tiktok")
     threads = os.cpu_count() or 1  # a lone sea_dist worker's torch threads (train/trainer.py)
     commit = subprocess.run(["git", "-C", str(args.reference), "rev-parse", "HEAD"],
@@ -448,35 +477,41 @@ def main() -> None:
     result: dict[str, Any] = {
         "machine": machine(),
         "reference": {"repo": "https://github.com/bruno686/SEA", "commit": commit,
-                      "patches": [{"file": p.path, "why": p.why} for p in PATCHES]},
+                      "patches": [{"file": p.path, "why": p.why} for p in PATCHES],
+                      "reference_after_epoch_patch": AFTER_EPOCH.why},
         "protocol": {"epochs": args.epochs, "lr": args.lr, "batch_size": 2048, "embedding_dim": 64,
                      "seeds": args.seeds, "threads": threads,
                      "summary": f"{args.epochs} epochs, lr {args.lr:g}, batch 2048, embedding 64, "
                                 "CLUB at the model's lr; sea_dist full graph on one worker "
                                 "(`sea_dist`) and sampled on 2 workers of 1024 edges a batch "
-                                "(`sea_dist_sampled`)"},
+                                "(`sea_dist_sampled`); `reference_after_epoch` is the reference "
+                                "ranking, as sea_dist, with a forward after the epoch's last "
+                                "step"},
         "runs": [],
     }
-    # With --reuse, a run read back from --work keeps what the last JSON said of it (its load
-    # and wall time); the logs alone do not hold them.
-    previous = _previous_sides(args.out) if args.reuse else {}
+    # Sides not run now, and with --reuse a run read back from --work, keep what the last JSON
+    # said of them (a run's load and wall time are not in its logs).
+    previous = _previous_sides(args.out)
+    if args.out.exists():
+        result["notes"] = json.loads(args.out.read_text()).get("notes", [])
     for seed in args.seeds:
         run: dict[str, Any] = {"seed": seed}
         result["runs"].append(run)
-        # The machine may be shared: the 1-minute load before each side says how much.
-        load = os.getloadavg()[0]
-        cmd, history, wall = run_reference(src, data_root, args.site, seed, args.epochs, args.lr,
-                                           threads, args.work / f"reference_seed{seed}.log",
-                                           args.reuse)
-        run["reference"] = previous.get((seed, "reference")) if wall is None else None
-        run["reference"] = run["reference"] or {"commands": cmd, "epochs": history,
-                                                "wall_time_s": wall, "load_before": load}
-        _write(args.out, result)
-        for side, sampled in (("sea_dist", False), ("sea_dist_sampled", True)):
+        for side in SIDES:
+            if side not in args.sides:
+                if (seed, side) in previous:
+                    run[side] = previous[(seed, side)]
+                continue
+            # The machine may be shared: the 1-minute load before each side says how much.
             load = os.getloadavg()[0]
-            cmd, history, wall = run_sea_dist(args.work / f"{side}_seed{seed}",
-                                              args.work / "cache", seed, args.epochs, args.lr,
-                                              args.reuse, sampled)
+            if side in REFERENCES:
+                cmd, history, wall = run_reference(
+                    sources[side], data_root, args.site, seed, args.epochs, args.lr, threads,
+                    args.work / f"{side}_seed{seed}.log", args.reuse)
+            else:
+                cmd, history, wall = run_sea_dist(
+                    args.work / f"{side}_seed{seed}", args.work / "cache", seed, args.epochs,
+                    args.lr, args.reuse, sampled=side == "sea_dist_sampled")
             run[side] = previous.get((seed, side)) if wall is None else None
             run[side] = run[side] or {"commands": cmd, "epochs": history, "wall_time_s": wall,
                                       "load_before": load}

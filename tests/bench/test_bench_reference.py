@@ -1,8 +1,12 @@
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from benchmarks.bench_reference import (
+    AFTER_EPOCH,
     PATCHES,
+    apply_patches,
     markdown,
     parse_reference_log,
     per_epoch_spread,
@@ -66,28 +70,44 @@ def test_markdown_has_a_row_per_seed_and_epoch() -> None:
     result = {"protocol": {"summary": "s"}, "machine": {"cpu": "c", "logical_cores": 2},
               "runs": [run]}
     first_table = markdown(result).split("\n\n")[2].splitlines()
-    assert first_table[2:] == ["| 1 | 0 | 0.0500 | 0.0600 | – | 40.0 | 30.0 | – |",
-                               "| 1 | 1 | – | 0.0700 | – | – | 31.0 | – |"]
+    assert first_table[2:] == ["| 1 | 0 | 0.0500 | – | 0.0600 | – | 40.0 | – | 30.0 | – |",
+                               "| 1 | 1 | – | – | 0.0700 | – | – | – | 31.0 | – |"]
 
 
-def _seed(seed: int, ref: float, ours: float, sampled: float) -> dict[str, Any]:
+def _seed(seed: int, ref: float, after: float, ours: float, sampled: float) -> dict[str, Any]:
     def side(recall: float, seconds: float) -> dict[str, Any]:
         return {"epochs": [{"epoch": 0, "epoch_time_s": seconds, "valid/recall@20": recall}]}
 
-    return {"seed": seed, "reference": side(ref, 30.0), "sea_dist": side(ours, 10.0),
-            "sea_dist_sampled": side(sampled, 5.0)}
+    return {"seed": seed, "reference": side(ref, 30.0), "reference_after_epoch": side(after, 30.0),
+            "sea_dist": side(ours, 10.0), "sea_dist_sampled": side(sampled, 5.0)}
 
 
-def test_spread_says_whether_each_side_is_inside_the_references_seeds() -> None:
-    runs = [_seed(0, 0.05, 0.060, 0.080), _seed(1, 0.06, 0.065, 0.081),
-            _seed(2, 0.07, 0.070, 0.079)]
+def test_spread_says_whether_each_side_is_inside_each_references_seeds() -> None:
+    runs = [_seed(0, 0.05, 0.060, 0.060, 0.080), _seed(1, 0.06, 0.062, 0.065, 0.081),
+            _seed(2, 0.07, 0.064, 0.070, 0.079)]
     result = {"protocol": {"summary": "s"}, "machine": {"cpu": "c", "logical_cores": 2},
               "runs": runs}
     spread = per_epoch_spread(result)
-    assert spread[0]["sea_dist_inside"] is True  # mean 0.065 within 0.05-0.07
-    assert spread[0]["sea_dist_sampled_inside"] is False  # mean 0.080 above it
+    assert spread[0]["sea_dist_inside_reference"] is True  # mean 0.065 within 0.05-0.07
+    assert spread[0]["sea_dist_inside_reference_after_epoch"] is False  # above 0.060-0.064
+    assert spread[0]["sea_dist_sampled_inside_reference"] is False  # mean 0.080 above it
     text = markdown(result)
-    row = "| 0 | 0.0600 ± 0.0100 | 0.0500-0.0700 | 0.0650 ± 0.0050 | 0.0800 ± 0.0010 | yes | no |"
+    row = ("| 0 | 0.0600 ± 0.0100 | 0.0500-0.0700 | 0.0620 ± 0.0020 | 0.0600-0.0640 "
+           "| 0.0650 ± 0.0050 | 0.0800 ± 0.0010 | yes / no | no / no |")
     assert row in text
     assert "| sea_dist | 3 | 10.0 | 10.0 | 3.00 |" in text  # 3x faster than the reference
     assert "| sea_dist_sampled | 3 | 5.0 | 5.0 | 6.00 |" in text
+
+
+def test_after_epoch_patch_refreshes_the_ranking_embeddings(tmp_path: Path) -> None:
+    trainer = tmp_path / "common" / "trainer.py"
+    trainer.parent.mkdir()
+    trainer.write_text("    def evaluate(self, eval_data):\n        self.model.eval()\n"
+                       "        scores = self.model.full_sort_predict(eval_data)\n")
+    apply_patches(tmp_path, (AFTER_EPOCH,))
+    lines = trainer.read_text().splitlines()
+    assert lines[1:3] == ["        self.model.eval()", "        self.model.forward([torch.zeros("
+                          "1, dtype=torch.long, device=self.device) for _ in range(3)])"]
+    trainer.write_text("        self.model.eval()\n" * 2)  # changed upstream: refused
+    with pytest.raises(RuntimeError, match="expected 1 .* found 2"):
+        apply_patches(tmp_path, (AFTER_EPOCH,))
