@@ -516,6 +516,7 @@ def main() -> None:
             run[side] = run[side] or {"commands": cmd, "epochs": history, "wall_time_s": wall,
                                       "load_before": load}
             _write(args.out, result)
+        _write(args.out, result)  # with the sides kept after the last one run
         print(f"seed {seed} done", flush=True)
 
 
