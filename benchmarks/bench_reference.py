@@ -394,11 +394,11 @@ def markdown(result: dict[str, Any]) -> str:
         if not seconds:
             continue
         medians[side] = statistics.median(seconds)
-        ratio = medians["reference"] / medians[side] if "reference" in medians else float("nan")
+        ratio = f"{medians['reference'] / medians[side]:.2f}" if "reference" in medians else "–"
         loads = ", ".join("–" if r.get("load_before") is None else f"{r['load_before']:.1f}"
                           for r in runs)
         lines.append(f"| {side} | {len(runs)} | {medians[side]:.1f} | {min(seconds):.1f} "
-                     f"| {ratio:.2f} | {loads} |")
+                     f"| {ratio} | {loads} |")
     lines += ["", "Seconds per epoch: training only (evaluation excluded on every side). On a "
               "shared machine the minimum is the figure least stretched by other jobs' load."]
     lines += [f"- {note}" for note in result.get("notes", [])]  # added by hand to the JSON
