@@ -70,8 +70,8 @@ def test_markdown_has_a_row_per_seed_and_epoch() -> None:
     result = {"protocol": {"summary": "s"}, "machine": {"cpu": "c", "logical_cores": 2},
               "runs": [run]}
     first_table = markdown(result).split("\n\n")[2].splitlines()
-    assert first_table[2:] == ["| 1 | 0 | 0.0500 | – | 0.0600 | – | 40.0 | – | 30.0 | – |",
-                               "| 1 | 1 | – | – | 0.0700 | – | – | – | 31.0 | – |"]
+    assert first_table[2:] == ["| 1 | 0 | 0.0500 | – | 0.0600 | – | – | 40.0 | – | 30.0 | – | – |",
+                               "| 1 | 1 | – | – | 0.0700 | – | – | – | – | 31.0 | – | – |"]
 
 
 def _seed(seed: int, ref: float, after: float, ours: float, sampled: float) -> dict[str, Any]:
@@ -93,7 +93,7 @@ def test_spread_says_whether_each_side_is_inside_each_references_seeds() -> None
     assert spread[0]["sea_dist_sampled_inside_reference"] is False  # mean 0.080 above it
     text = markdown(result)
     row = ("| 0 | 0.0600 ± 0.0100 | 0.0500-0.0700 | 0.0620 ± 0.0020 | 0.0600-0.0640 "
-           "| 0.0650 ± 0.0050 | 0.0800 ± 0.0010 | yes / no | no / no |")
+           "| 0.0650 ± 0.0050 | 0.0800 ± 0.0010 | – | yes / no | no / no | – / – |")
     assert row in text
     assert "| sea_dist | 3 | 10.0 | 10.0 | 3.00 |" in text  # 3x faster than the reference
     assert "| sea_dist_sampled | 3 | 5.0 | 5.0 | 6.00 |" in text
