@@ -68,6 +68,7 @@ What it takes to run the reference on a CPU, applied to the scratch copy by ``PA
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import re
@@ -100,9 +101,7 @@ SEA_DIST_SIDES: dict[str, tuple[int, int, tuple[str, ...]]] = {
     # training edges), so fanout 10 estimates their sums from few edges.
     "sea_dist_sampled_all": (1, 2048, ("train.mode=sampled", "train.fanouts=[all,all]")),
 }
-REFERENCES = ("reference", "reference_after_epoch")
 OURS = tuple(SEA_DIST_SIDES)
-SIDES = REFERENCES + OURS
 RAY_WORKER_NICENESS = 15  # what Ray gives its worker processes (ray worker_niceness)
 
 
@@ -162,6 +161,13 @@ AFTER_EPOCH = Patch(
     "common/trainer.py", _EVALUATE,
     f"{_EVALUATE}        self.model.forward([torch.zeros(1, dtype=torch.long, device=self.device)"
     " for _ in range(3)])\n", 1, "rank with the parameters the epoch ended with")
+
+# The reference's sides: the patches each adds to :data:`PATCHES`.
+REFERENCE_SIDES: dict[str, tuple[Patch, ...]] = {
+    "reference": (), "reference_after_epoch": (AFTER_EPOCH,),
+}
+REFERENCES = tuple(REFERENCE_SIDES)
+SIDES = REFERENCES + OURS
 
 DATASET_YAML = """\
 USER_ID_FIELD: userID
@@ -423,7 +429,7 @@ def per_epoch_spread(result: dict[str, Any]) -> dict[int, dict[str, Any]]:
                     entry = out.setdefault(epoch, {s: [] for s in SIDES})
                     entry[side].append(row["valid/recall@20"])
     for row in out.values():
-        for ref, side in ((ref, side) for ref in REFERENCES for side in OURS):
+        for ref, side in itertools.product(REFERENCES, OURS):
             seeds, values = row[ref], row[side]
             inside = None
             if len(seeds) >= 2 and values:
@@ -471,11 +477,9 @@ def main() -> None:
     args = parser.parse_args()
 
     data_root = args.work / "data"
-    sources = {"reference": args.work / "reference",
-               "reference_after_epoch": args.work / "reference_after_epoch"}
-    for side, extra in (("reference", ()), ("reference_after_epoch", (AFTER_EPOCH,))):
+    for side, extra in REFERENCE_SIDES.items():
         if side in args.sides:
-            prepare_reference(args.reference, sources[side], extra)
+            prepare_reference(args.reference, args.work / side, extra)
     prepare_data(args.data, data_root / "tiktok")
     threads = os.cpu_count() or 1  # a lone sea_dist worker's torch threads (train/trainer.py)
     commit = subprocess.run(["git", "-C", str(args.reference), "rev-parse", "HEAD"],
@@ -492,9 +496,8 @@ def main() -> None:
                                 "(`sea_dist`), sampled on 2 workers of 1024 edges a batch "
                                 "(`sea_dist_sampled`) and sampled with every neighbour on one "
                                 "worker (`sea_dist_sampled_all`); `reference_after_epoch` is the "
-                                "reference "
-                                "ranking, as sea_dist, with a forward after the epoch's last "
-                                "step"},
+                                "reference ranking, as sea_dist, with a forward after the "
+                                "epoch's last step"},
         "runs": [],
     }
     # Sides not run now, and with --reuse a run read back from --work, keep what the last JSON
@@ -514,7 +517,7 @@ def main() -> None:
             load = os.getloadavg()[0]
             if side in REFERENCES:
                 cmd, history, wall = run_reference(
-                    sources[side], data_root, args.site, seed, args.epochs, args.lr, threads,
+                    args.work / side, data_root, args.site, seed, args.epochs, args.lr, threads,
                     args.work / f"{side}_seed{seed}.log", args.reuse)
             else:
                 cmd, history, wall = run_sea_dist(

@@ -7,10 +7,10 @@
 # stopping on valid Recall@20 with the reference's patience (MMRec's stopping_step: 20 epochs),
 # test scored once at the best-valid epoch, at most 300 epochs; the reference defaults by
 # modality name (README, Models); lr 1e-3 (the reference's SEA config says 1e-4: the sea_lr1e-4
-# runs at the end check that the faster schedule reaches the same best); sampled mode on 2 Ray workers of 1,024 seed edges a batch
-# (train.batch_size is per worker: 2,048 a step across both, the reference's batch), which
-# trains a TikTok epoch several times faster than the full graph on one worker
-# (benchmarks/results/reference.md).
+# runs at the end check that the faster schedule reaches the same best); sampled mode on 2 Ray
+# workers of 1,024 seed edges a batch (train.batch_size is per worker: 2,048 a step across both,
+# the reference's batch), which trains a TikTok epoch several times faster than the full graph
+# on one worker (benchmarks/results/reference.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:-runs/tiktok}
