@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -127,8 +130,9 @@ class CLUBStack:
     buffer maps to the modules' parameters elementwise (transposes only), so per-parameter
     optimizer state packs the same way (:meth:`pack`, :meth:`unpack`).
 
-    On the CPU, when the compiled kernel builds (``sea_dist/losses/native.py``), each term's
-    forward and backward run in one C pass instead; the torch route below is the fallback.
+    On the CPU, when the compiled kernel builds (``sea_dist/losses/native.py``) and beats
+    torch on the machine (:func:`fit_kernel`), each term's forward and backward run in one C
+    pass instead; the torch route below is the fallback.
 
     Args:
         estimators: the modules, all of the same shape.
@@ -149,7 +153,7 @@ class CLUBStack:
         }  # fmt: skip
         self.numel_per_estimator = sum(a * b for a, b in self._shapes.values())
         self._work: dict[str, Tensor] = {}
-        self._kernel = club_kernel(dx, dy, h) if native else None
+        self._kernel = fit_kernel(dx, dy, h) if native else None
 
     def parameters(self) -> list[list[nn.Parameter]]:
         """Per estimator, its parameters in :attr:`_PARAMS` order."""
@@ -237,6 +241,39 @@ class CLUBStack:
             grad.copy_(parts.view(-1))
         return flat.new_tensor(total) if loss else None
 
+    def adam_fit(
+        self, theta: Tensor, exp_avg: Tensor, exp_avg_sq: Tensor, index: Tensor, x: Tensor,
+        y: Tensor, steps: int, step: int, lr: float, betas: tuple[float, float], eps: float,
+        weight_decay: float,
+    ) -> float:  # fmt: skip
+        """``steps`` steps of ``torch.optim.Adam``'s single-tensor update on the packed buffer
+        ``theta`` and its moments, in place, with the gradient of :meth:`nll_and_grad`.
+
+        ``step`` counts the steps taken before. Through the compiled kernel where it applies
+        (one call for the whole loop), else in torch.
+
+        Returns:
+            The loss before the last step.
+        """
+        kernel = self.kernel_for(theta, x)
+        if kernel is not None:
+            return kernel.adam_fit(
+                theta, exp_avg, exp_avg_sq, x.contiguous(), y.contiguous(),
+                self.is_shared(index), steps, step, lr, betas, eps, weight_decay,
+            )  # fmt: skip
+        beta1, beta2 = betas
+        grad = torch.empty_like(theta)
+        for k in range(steps):
+            loss = self.nll_and_grad(theta, index, x, y, grad, loss=k == steps - 1)
+            if weight_decay:
+                grad.add_(theta, alpha=weight_decay)
+            step += 1
+            exp_avg.lerp_(grad, 1 - beta1)
+            exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
+            theta.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
+        return float(loss)
+
     def nll_and_grad(
         self, flat: Tensor, index: Tensor, x: Tensor, y: Tensor, grad: Tensor, *, loss: bool = False
     ) -> Tensor | None:
@@ -306,3 +343,47 @@ class CLUBStack:
             else:
                 g[name].copy_(value_t)
         return value
+
+
+def fit_kernel(x_dim: int, y_dim: int, hidden: int) -> ClubKernel | None:
+    """The compiled kernel for estimators of this shape if it is the faster fit here.
+
+    ``SEA_DIST_NATIVE=1`` takes a kernel that builds without asking; otherwise its first use
+    on a machine (and torch thread count) races it against the torch route
+    (:func:`race_kernel`, about a tenth of a second), and the verdict is kept beside the library.
+    """
+    kernel = club_kernel(x_dim, y_dim, hidden)
+    if kernel is None or os.environ.get("SEA_DIST_NATIVE") == "1":
+        return kernel
+    choice = kernel.choose(lambda: race_kernel(kernel, x_dim, y_dim, hidden))
+    return kernel if choice.use_kernel else None
+
+
+RACE_ROWS, RACE_STEPS, RACE_REPEAT = 1024, 10, 3
+
+
+def race_kernel(kernel: ClubKernel, x_dim: int, y_dim: int, hidden: int) -> tuple[float, float]:
+    """Seconds for the same fit (two estimators, ``RACE_ROWS`` pairs each, ``RACE_STEPS``
+    Adam steps) through ``kernel`` and through torch: the best of ``RACE_REPEAT`` after a
+    warm-up, so a busy moment on the machine cannot decide it."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(2, RACE_ROWS, x_dim, generator=generator)
+    y = torch.randn(2, RACE_ROWS, y_dim, generator=generator)
+    index = torch.arange(2)
+    with torch.random.fork_rng():  # the estimators' initialisation must not move the seed
+        estimators = [CLUB(x_dim, y_dim, hidden) for _ in range(2)]
+    seconds = []
+    for native in (True, False):
+        stack = CLUBStack(estimators, native=False)
+        stack._kernel = kernel if native else None
+        theta = stack.pack([[p.detach() for p in g] for g in stack.parameters()])
+        moments = torch.zeros_like(theta), torch.zeros_like(theta)
+        best = math.inf
+        for k in range(RACE_REPEAT + 1):
+            start = time.perf_counter()
+            stack.adam_fit(theta, *moments, index, x, y, RACE_STEPS, k * RACE_STEPS, 1e-3,
+                           (0.9, 0.999), 1e-8, 0.0)  # fmt: skip
+            if k:
+                best = min(best, time.perf_counter() - start)
+        seconds.append(best)
+    return seconds[0], seconds[1]

@@ -11,7 +11,6 @@ model step, between the model's backward and its optimizer step (spec section 2)
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -75,8 +74,9 @@ def fit_estimator(
     before and written back after, so checkpoints keep ``torch.optim``'s layout. The model's
     backward left the bound's gradient on ``q``: it is dropped, since ``q`` follows its
     likelihood loss only. For float32 CPU tensors the whole inner loop is one call into a
-    compiled kernel (:mod:`sea_dist.losses.native`); otherwise (a GPU, float64, no C compiler)
-    it runs in torch, which is also what the tests hold the kernel to.
+    compiled kernel (:mod:`sea_dist.losses.native`) where it builds and is the faster route
+    on the machine; otherwise (a GPU, float64, no C compiler, a slower build) it runs in
+    torch, which is also what the tests hold the kernel to.
 
     Under ``torch.distributed`` each rank fits its own shard's pairs for all ``steps``, then
     parameters and Adam moments are averaged once: one all-reduce per model step instead of
@@ -107,33 +107,11 @@ def fit_estimator(
             exp_avg = stack.pack([[s["exp_avg"] for s in g] for g in states])
             exp_avg_sq = stack.pack([[s["exp_avg_sq"] for s in g] for g in states])
             step = int(states[0][0]["step"])
-        lr, (beta1, beta2), eps, decay = (
-            group["lr"],
-            group["betas"],
-            group["eps"],
-            group["weight_decay"],
-        )
-        shared = stack.is_shared(terms.index)
-        kernel = stack.kernel_for(theta, terms.x)
-        if kernel is not None:  # the loop below in one compiled call
-            loss = kernel.adam_fit(
-                theta, exp_avg, exp_avg_sq, terms.x.contiguous(), terms.y.contiguous(), shared,
-                steps, step, lr, (beta1, beta2), eps, decay,
-            )  # fmt: skip
-            step += steps
-        else:
-            grad = torch.empty_like(theta)
-            for k in range(steps):
-                last = k == steps - 1
-                loss = stack.nll_and_grad(theta, terms.index, terms.x, terms.y, grad, loss=last)
-                if decay:
-                    grad.add_(theta, alpha=decay)
-                step += 1
-                # torch.optim.Adam's single-tensor update, on the packed buffer.
-                exp_avg.lerp_(grad, 1 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-                denom = (exp_avg_sq.sqrt() / math.sqrt(1 - beta2**step)).add_(eps)
-                theta.addcdiv_(exp_avg, denom, value=-lr / (1 - beta1**step))
+        loss = stack.adam_fit(
+            theta, exp_avg, exp_avg_sq, terms.index, terms.x, terms.y, steps, step,
+            group["lr"], group["betas"], group["eps"], group["weight_decay"],
+        )  # fmt: skip
+        step += steps
         world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
         if world > 1:
             packed = torch.cat([theta, exp_avg, exp_avg_sq])
