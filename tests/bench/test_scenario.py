@@ -23,7 +23,10 @@ def test_shipped_scenarios_validate(name, quick):
     cfg = load_config(config, scenario.overrides)  # the overrides fit the run config too
     assert cfg.model.name == "sea"
     if scenario.data.path is not None:
-        assert resolve_relative(path, scenario.data.path).is_dir()
+        data = resolve_relative(path, scenario.data.path)
+        if not data.exists():  # a clone without ../shared beside it: the config still checked
+            pytest.skip(f"{data} is not here (../shared/data, see README)")
+        assert data.is_dir()
 
 
 def test_million_sizes():

@@ -248,6 +248,7 @@ def test_tensorboard_appends_after_a_resume_without_duplicate_steps(tmp_path: Pa
     assert [s.value for s in scalars] == [1.0, 3.0, 4.0, 5.0]  # epoch 0 first run, 1-3 resumed
 
 
+@pytest.mark.slow  # multi-minute end-to-end run: make test-slow, CI
 def test_planted_ray_checkpoint_ends_the_run_without_a_retry(
     train_store: Path, tmp_path: Path
 ) -> None:

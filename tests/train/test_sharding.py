@@ -204,6 +204,7 @@ def _assert_identical(a: dict, b: dict) -> None:
         torch.testing.assert_close(a[name]["state"], b[name]["state"], atol=1e-6, rtol=0, msg=name)
 
 
+@pytest.mark.slow  # multi-minute end-to-end run: make test-slow, CI
 def test_two_worker_checkpoint_resumes_on_three_and_one(train_store: Path, tmp_path: Path) -> None:
     # SEA: tables, a dense Adam and the CLUB estimator's, all in one checkpoint.
     two, two_dir = _train(tmp_path, train_store, "sea", 2, sharded=True)

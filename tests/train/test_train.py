@@ -31,6 +31,7 @@ def _check_report(report: dict, out: Path, num_users: int, num_items: int) -> No
     assert list((out / "tensorboard").iterdir())
 
 
+@pytest.mark.slow  # multi-minute end-to-end run: make test-slow, CI
 def test_sea_full_graph_one_worker(train_store: Path, tiny_store, tmp_path: Path) -> None:
     out = tmp_path / "sea"
     report = run_train(train_store, out, *QUICK)
@@ -40,6 +41,7 @@ def test_sea_full_graph_one_worker(train_store: Path, tiny_store, tmp_path: Path
     assert [h["epoch"] for h in history] == [0, 1, 2]
 
 
+@pytest.mark.slow  # multi-minute end-to-end run: make test-slow, CI
 def test_lightgcn_sampled_two_workers_sparse_bytes(tmp_path: Path) -> None:
     from sea_dist.data.synthetic import generate_store
 
@@ -57,6 +59,7 @@ def test_lightgcn_sampled_two_workers_sparse_bytes(tmp_path: Path) -> None:
     assert len(report["peak_rss_mb_per_worker"]) == 2
 
 
+@pytest.mark.slow  # multi-minute end-to-end run: make test-slow, CI
 def test_sampled_sea_two_workers_is_deterministic(train_store: Path, tmp_path: Path) -> None:
     sets = (*QUICK, "train.mode=sampled", "train.workers=2", "train.epochs=2", "train.sampling_threads=1")
     first = run_train(train_store, tmp_path / "a", *sets)
@@ -65,6 +68,7 @@ def test_sampled_sea_two_workers_is_deterministic(train_store: Path, tmp_path: P
     assert first["valid"] == second["valid"]
 
 
+@pytest.mark.slow  # multi-minute end-to-end run: make test-slow, CI
 def test_row_sharded_tables_train_as_replicated(train_store: Path, tmp_path: Path) -> None:
     sets = (*QUICK, "train.mode=sampled", "train.workers=2", "train.epochs=2", "train.sampling_threads=1")
     replicated = run_train(train_store, tmp_path / "replicated", *sets)
