@@ -51,8 +51,8 @@ def check_dgl_native() -> str:
 def check_club_kernel() -> str:
     """Build (or find in the cache) the compiled CLUB estimator kernel at SEA's default shape,
     and say whether it beats torch's route on this machine (the race its first use runs)."""
-    from sea_dist.losses.mi import race_kernel
-    from sea_dist.losses.native import club_kernel
+    from sea_dist.losses.mi import kernel_choice
+    from sea_dist.losses.native import club_kernel, kernel_forced
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -61,8 +61,8 @@ def check_club_kernel() -> str:
         if caught:
             return f"not built, the estimator fit runs in torch: {caught[0].message}"
         return "off (SEA_DIST_NATIVE=0), the estimator fit runs in torch"
-    choice = kernel.choose(lambda: race_kernel(kernel, 32, 32, 8))
-    if os.environ.get("SEA_DIST_NATIVE") == "1":
+    choice = kernel_choice(kernel)
+    if kernel_forced():
         verdict = "used (SEA_DIST_NATIVE=1)"
     elif choice.use_kernel:
         verdict = "used"

@@ -172,9 +172,7 @@ void club_nll_grad(const float *p, const float *x, const float *y, long rows, fl
         store(gm[r] + VW * v, e * inv_var * scale);
         store(gz[r] + VW * v, (1.f - sq) * (1.f - s * s) * (0.5f * scale));
       }
-    double part = 0;
-    for (int k = 0; k < VW; k++) part += part_v[k];
-    total += part;
+    for (int k = 0; k < VW; k++) total += part_v[k];
     for (int r = n; r < R; r++)
       for (int d = 0; d < DY; d++) { gm[r][d] = 0.f; gz[r][d] = 0.f; }
     /* output layers: gw2m[j] += hid[:, j]^T gm, gw2l[j] += hid[:, 8 + j]^T gz, RB units x CB */
@@ -251,6 +249,7 @@ void club_nll_grad(const float *p, const float *x, const float *y, long rows, fl
   }
   *loss = total * 0.5 * scale;
 }
+
 /* steps Adam steps on the packed parameters p (moments m, v; step: steps taken before).
  * Term t fits estimator t, or estimator 0 for every term when shared (then the gradients
  * add up); g is scratch for terms * NUMEL floats. The update is torch.optim.Adam's

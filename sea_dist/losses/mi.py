@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass
 
@@ -11,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sea_dist.losses.native import ClubKernel, club_kernel
+from sea_dist.losses.native import HIDDEN, ClubKernel, KernelChoice, club_kernel, kernel_forced
 
 
 class CLUB(nn.Module):
@@ -350,28 +349,35 @@ def fit_kernel(x_dim: int, y_dim: int, hidden: int) -> ClubKernel | None:
 
     ``SEA_DIST_NATIVE=1`` takes a kernel that builds without asking; otherwise its first use
     on a machine (and torch thread count) races it against the torch route
-    (:func:`race_kernel`, about a tenth of a second), and the verdict is kept beside the library.
+    (:func:`kernel_choice`, about a tenth of a second), and the verdict is kept beside the
+    library.
     """
     kernel = club_kernel(x_dim, y_dim, hidden)
-    if kernel is None or os.environ.get("SEA_DIST_NATIVE") == "1":
+    if kernel is None or kernel_forced():
         return kernel
-    choice = kernel.choose(lambda: race_kernel(kernel, x_dim, y_dim, hidden))
-    return kernel if choice.use_kernel else None
+    return kernel if kernel_choice(kernel).use_kernel else None
+
+
+def kernel_choice(kernel: ClubKernel) -> KernelChoice:
+    """The race of ``kernel`` against torch's route (:func:`race_kernel`), run once per
+    machine and thread count, kept beside the library."""
+    return kernel.choose(lambda: race_kernel(kernel))
 
 
 RACE_ROWS, RACE_STEPS, RACE_REPEAT = 1024, 10, 3
 
 
-def race_kernel(kernel: ClubKernel, x_dim: int, y_dim: int, hidden: int) -> tuple[float, float]:
+def race_kernel(kernel: ClubKernel) -> tuple[float, float]:
     """Seconds for the same fit (two estimators, ``RACE_ROWS`` pairs each, ``RACE_STEPS``
     Adam steps) through ``kernel`` and through torch: the best of ``RACE_REPEAT`` after a
     warm-up, so a busy moment on the machine cannot decide it."""
+    x_dim, y_dim = kernel.x_dim, kernel.y_dim
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(2, RACE_ROWS, x_dim, generator=generator)
     y = torch.randn(2, RACE_ROWS, y_dim, generator=generator)
     index = torch.arange(2)
     with torch.random.fork_rng():  # the estimators' initialisation must not move the seed
-        estimators = [CLUB(x_dim, y_dim, hidden) for _ in range(2)]
+        estimators = [CLUB(x_dim, y_dim, HIDDEN) for _ in range(2)]
     seconds = []
     for native in (True, False):
         stack = CLUBStack(estimators, native=False)

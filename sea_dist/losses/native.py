@@ -51,6 +51,7 @@ SOURCE = Path(__file__).with_name("club_nll.c")
 # -fno-math-errno lets Adam's sqrtf vectorise.
 BASE_FLAGS = ("-O3", "-fno-math-errno", "-fPIC", "-std=gnu11")
 VECTOR_ISA = {16: "AVX-512", 8: "AVX2/AVX", 4: "SSE2"}
+HIDDEN = 8  # the only hidden width the kernel is written for (SEA's)
 
 
 @dataclass(frozen=True)
@@ -69,9 +70,10 @@ class KernelChoice:
 class ClubKernel:
     """The two entry points of ``club_nll.c`` for one shape, on contiguous float32 CPU tensors."""
 
-    def __init__(self, path: Path, target: str = "native") -> None:
+    def __init__(self, path: Path, target: str, x_dim: int, y_dim: int) -> None:
         self.path = path
         self.target = target
+        self.x_dim, self.y_dim = x_dim, y_dim
         library = ctypes.CDLL(str(path))
         ptr, long, double = ctypes.c_void_p, ctypes.c_long, ctypes.c_double
         self._nll_and_grad = library.club_nll_grad
@@ -141,6 +143,11 @@ class ClubKernel:
         return choice
 
 
+def kernel_forced() -> bool:
+    """``SEA_DIST_NATIVE=1``: use a kernel that builds without racing it against torch."""
+    return os.environ.get("SEA_DIST_NATIVE") == "1"
+
+
 def kernel_target() -> str:
     """The ``-march`` the kernels are built for (``$SEA_DIST_KERNEL_TARGET``)."""
     target = os.environ.get("SEA_DIST_KERNEL_TARGET", "native")
@@ -158,7 +165,7 @@ def club_kernel(x_dim: int, y_dim: int, hidden: int) -> ClubKernel | None:
     """
     if os.environ.get("SEA_DIST_NATIVE", "") == "0":
         return None
-    if hidden != 8 or x_dim % 8 or y_dim % 16:
+    if hidden != HIDDEN or x_dim % 8 or y_dim % 16:
         return None
     compiler = os.environ.get("CC", "cc")
     return _load(x_dim, y_dim, compiler, kernel_target(), _cache_dir())
@@ -185,7 +192,7 @@ def _load(x_dim: int, y_dim: int, compiler: str, target: str, cache: Path) -> Cl
             stacklevel=3,
         )
         return None
-    return ClubKernel(library, target)
+    return ClubKernel(library, target, x_dim, y_dim)
 
 
 def _build(x_dim: int, y_dim: int, compiler: str, target: str, cache: Path) -> Path:
